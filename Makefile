@@ -1,0 +1,40 @@
+# mmkt: every target creates or updates the virtual environment first (python3 is all it needs).
+#   make demo    the main job on the embedded ShapeScenes data set
+#   make test    notebooks clean and in sync with mmkt_lib, nbdev_test over all notebooks, then pytest
+#   make lab     JupyterLab on nbs/
+#   make export  notebooks -> mmkt_lib (nbdev_export) and clean them (nbdev_clean)
+# VENV=/some/dir make test uses (and caches) an environment outside the checkout, as .ci/run does.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+NBDEV_TEST_ARGS ?= --n_workers 2
+
+.PHONY: venv demo test test-notebooks test-py check-notebooks lab export clean
+
+venv:
+	@VENV="$(VENV)" PYTHON="$(PYTHON)" bash .ci/venv.sh
+
+demo: venv
+	$(BIN)/mmkt demo $(ARGS)
+
+check-notebooks: venv
+	$(BIN)/python .ci/check_notebooks.py
+
+test-notebooks: venv
+	$(BIN)/nbdev_test $(NBDEV_TEST_ARGS)
+
+test-py: venv
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+
+test: venv check-notebooks test-notebooks test-py
+
+lab: venv
+	$(BIN)/jupyter lab --notebook-dir=nbs
+
+export: venv
+	$(BIN)/nbdev_export && $(BIN)/nbdev_clean
+
+clean:
+	rm -rf runs data/shapes_tiny .pytest_cache
