@@ -2,7 +2,7 @@
 #   make demo    the main job on the embedded ShapeScenes data set
 #   make test    notebooks clean and in sync with mmkt_lib, nbdev_test over all notebooks, then pytest
 #   make lab     JupyterLab on nbs/
-#   make export  notebooks -> mmkt_lib (nbdev_export) and clean them (nbdev_clean)
+#   make export  clean the notebooks (nbdev_clean), then export them to mmkt_lib (nbdev_export)
 # VENV=/some/dir make test uses (and caches) an environment outside the checkout, as .ci/run does.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -34,7 +34,7 @@ lab: venv
 	$(BIN)/jupyter lab --notebook-dir=nbs
 
 export: venv
-	$(BIN)/nbdev_export && $(BIN)/nbdev_clean
+	$(BIN)/nbdev_clean && $(BIN)/nbdev_export
 
 clean:
 	rm -rf runs data/shapes_tiny .pytest_cache
