@@ -37,14 +37,33 @@ def test_bad_arguments_give_a_clear_error(tmp_path):
     assert r.returncode == 2 and "invalid choice: 'nope'" in r.stderr
 
 
-def test_demo_tiny_writes_results(tmp_path):
-    r = run('mmkt', 'demo', '--preset', 'tiny', '--out', str(tmp_path / 'run'), '--data', str(tmp_path / 'data'))
-    assert r.returncode == 0, r.stderr
+def test_demo_tiny_writes_results_and_predict_works(tmp_path):
+    "`mmkt demo --preset tiny` end to end: every results.json key of the trainer issue, figures; then `mmkt predict`."
+    r = run('mmkt', 'demo', '--preset', 'tiny', '--out', str(tmp_path / 'run'), '--data', str(tmp_path / 'data'), '--device', 'cpu')
+    assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / 'run' / 'results.json').read_text())
-    assert 0 < res['baseline']['prior_vqa'] < 50
-    assert set(res['baseline']['prior_vqa_per_family']) == {'existence', 'counting', 'attribute', 'spatial', 'comparison'}
-    assert res['seconds']['data'] > 0 and res['device']['type'] in ('cpu', 'cuda', 'mps')
-    assert 'question-only prior on test' in r.stdout
+    flat = {}
+    def walk(d, p=''):
+        for k, v in d.items():
+            if isinstance(v, dict) and k != 'config': walk(v, f'{p}{k}.')
+            else: flat[f'{p}{k}'] = v
+    walk(res)
+    keys = ['vqa.overall', 'caption.Bleu_4', 'caption.METEOR', 'caption.ROUGE_L', 'caption.CIDEr', 'retrieval.i2t_R@1',
+            'retrieval.t2i_R@1', 'baseline.prior_vqa', 'config', 'device.type']
+    keys += [f'vqa.per_family.{f}' for f in ('existence', 'counting', 'attribute', 'spatial', 'comparison')]
+    keys += [f'vqa.per_answer_type.{t}' for t in ('yes/no', 'number', 'other')]
+    keys += [f'seconds.{s}' for s in ('data', 'contrastive', 'pretrain', 'vqa', 'caption', 'eval')]
+    assert [k for k in keys if k not in flat] == []
+    assert 0 <= flat['vqa.overall'] <= 100 and 0 < flat['baseline.prior_vqa'] < 50
+    for f in ('loss_curves.png', 'vqa_examples.png', 'captions.png', 'metrics.jsonl'): assert (tmp_path / 'run' / f).is_file(), f
+    assert 'VQA accuracy' in r.stdout
+    image = sorted((tmp_path / 'data' / 'test').glob('*.png'))[0]
+    p = run('mmkt', 'predict', '--run', str(tmp_path / 'run'), '--image', str(image), '--question', 'How many circles are there?')
+    assert p.returncode == 0, p.stderr[-2000:]
+    lines = p.stdout.strip().splitlines()
+    assert lines[0] == 'Q: How many circles are there?' and lines[1].startswith('A: ') and lines[-1].startswith('caption: ')
+    bad = run('mmkt', 'predict', '--run', str(tmp_path / 'nope'), '--image', str(image))
+    assert bad.returncode == 1 and 'not a run directory' in bad.stderr
 
 
 def test_download_scripts_fail_clearly_offline(tmp_path):
