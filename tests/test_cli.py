@@ -56,6 +56,8 @@ def test_demo_tiny_writes_results_and_predict_works(tmp_path):
     assert [k for k in keys if k not in flat] == []
     assert 0 <= flat['vqa.overall'] <= 100 and 0 < flat['baseline.prior_vqa'] < 50
     for f in ('loss_curves.png', 'vqa_examples.png', 'captions.png', 'metrics.jsonl'): assert (tmp_path / 'run' / f).is_file(), f
+    rows = [json.loads(l) for l in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+    assert any('val_vqa' in r for r in rows) and any('val_CIDEr' in r for r in rows)   # periodic evaluation (eval_every)
     assert 'VQA accuracy' in r.stdout
     image = sorted((tmp_path / 'data' / 'test').glob('*.png'))[0]
     p = run('mmkt', 'predict', '--run', str(tmp_path / 'run'), '--image', str(image), '--question', 'How many circles are there?')

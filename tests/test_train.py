@@ -112,3 +112,21 @@ def test_config_files_load():
         cfg = load_config(name)
         assert cfg.name == name and cfg.stages
     with pytest.raises(FileNotFoundError, match='no such config file'): load_config('nope')
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
+    "Two micro-batches of 8 per step train exactly like one batch of 16 (a mean loss; same samples, same order)."
+    def loss_fn(model, batch):
+        x, y = batch
+        return {'loss': F.mse_loss(model(x).squeeze(-1), y)}
+    runs = {}
+    for name, bs, acc in (('big', 16, 1), ('accum', 8, 2)):
+        torch.manual_seed(0)
+        cfg = load_config(None, {'steps': "{'toy': 6}", 'batch_size': str(bs), 'grad_accum': str(acc), 'log_every': '1',
+                                 'device': 'cpu', 'lr': '0.05', 'clip_grad': '0'})
+        model = nn.Linear(2, 1)
+        Trainer(cfg, 'toy', model, loss_fn, _Toy(), None, tmp_path / name).fit()
+        runs[name] = ([json.loads(l)['loss'] for l in (tmp_path / name / 'metrics.jsonl').read_text().splitlines()], model.weight.detach().clone())
+    assert len(runs['big'][0]) == len(runs['accum'][0]) == 6
+    assert runs['big'][0] == pytest.approx(runs['accum'][0], abs=1e-5)
+    assert torch.allclose(runs['big'][1], runs['accum'][1], atol=1e-6)
