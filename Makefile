@@ -22,8 +22,9 @@ demo: venv
 check-notebooks: venv
 	$(BIN)/python .ci/check_notebooks.py
 
+# two notebooks at a time, one thread each: on a 2-core machine two 2-thread runs would fight over the cores
 test-notebooks: venv
-	$(BIN)/nbdev_test $(NBDEV_TEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/nbdev_test $(NBDEV_TEST_ARGS)
 
 test-py: venv
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider
