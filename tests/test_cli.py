@@ -52,10 +52,13 @@ def test_demo_tiny_writes_results_and_predict_works(tmp_path):
             'retrieval.t2i_R@1', 'baseline.prior_vqa', 'config', 'device.type']
     keys += [f'vqa.per_family.{f}' for f in ('existence', 'counting', 'attribute', 'spatial', 'comparison')]
     keys += [f'vqa.per_answer_type.{t}' for t in ('yes/no', 'number', 'other')]
-    keys += [f'seconds.{s}' for s in ('data', 'contrastive', 'pretrain', 'vqa', 'caption', 'eval')]
+    keys += [f'seconds.{s}' for s in ('data', 'contrastive', 'pretrain', 'vqa', 'caption', 'eval', 'pseudo')]
+    keys += [f'pseudo.{k}' for k in ('label_fraction', 'teacher_vqa', 'student_vqa', 'supervised_vqa', 'precision')]
     assert [k for k in keys if k not in flat] == []
     assert 0 <= flat['vqa.overall'] <= 100 and 0 < flat['baseline.prior_vqa'] < 50
-    for f in ('loss_curves.png', 'vqa_examples.png', 'captions.png', 'metrics.jsonl'): assert (tmp_path / 'run' / f).is_file(), f
+    for f in ('loss_curves.png', 'vqa_examples.png', 'captions.png', 'metrics.jsonl', 'pseudo/pseudo.png'):
+        assert (tmp_path / 'run' / f).is_file(), f
+    assert flat['pseudo.label_fraction'] == 0.25 and flat['pseudo.supervised_vqa'] == flat['vqa.overall']
     rows = [json.loads(l) for l in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
     assert any('val_vqa' in r for r in rows) and any('val_CIDEr' in r for r in rows)   # periodic evaluation (eval_every)
     assert 'VQA accuracy' in r.stdout

@@ -247,6 +247,32 @@ def test_flip_never_applies_to_left_right_text(shapes):
         assert not (it['flipped'] and mentions_left_right(it['questions'] + [a for x in it['answers'] for a in x]))
 
 
+def test_question_subsets_keep_answers_aligned(shapes):
+    full = VQADataset(shapes, 'train', transform=image_transform(64))
+    sub = VQADataset(shapes, 'train', transform=image_transform(64), max_questions=4)
+    torch.manual_seed(0)
+    seen = set()
+    for i in range(20):
+        a, b = full[i], sub[i]
+        assert len(b['questions']) == 4 and b['question_ids'] == sorted(b['question_ids'])
+        for q, ans, fam in zip(b['question_ids'], b['answers'], b['families']):
+            j = a['question_ids'].index(q)
+            assert ans == a['answers'][j] and fam == a['families'][j]
+        seen.add(tuple(b['question_ids']))
+    assert len(seen) == 20 and len({tuple(sub[0]['question_ids']) for _ in range(10)}) > 1   # drawn anew each time
+
+
+def test_noisy_student_input_noise_keeps_colours():
+    im = Image.new('RGB', (64, 64), (0, 0, 255)); im.paste((255, 0, 0), (24, 24, 40, 40))
+    clean = image_transform(64)(im)
+    torch.manual_seed(0)
+    noisy = torch.stack([image_transform(64, train=True, noise=True)(im) for _ in range(8)])
+    assert noisy.shape == (8, 3, 64, 64) and (noisy - clean).abs().mean() > 0.05
+    assert (noisy[1:] - noisy[:1]).abs().amax() > 0.5                          # different each time
+    assert torch.allclose(noisy.mean((0, 2, 3)), clean.mean((1, 2)), atol=0.1)   # but the same colours
+    assert torch.equal(image_transform(64, train=False, noise=True)(im), clean)  # evaluation is never noisy
+
+
 def test_clip_tokenizer_from_local_hf_directory(tmp_path):
     import transformers
     from transformers import CLIPTokenizerFast

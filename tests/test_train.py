@@ -30,7 +30,7 @@ def data(tmp_path_factory):
 
 def _train(out, data, *extra, launcher=()):
     cmd = [*launcher, '-m', 'mmkt_lib.cli', 'train', '--config', 'shapes_tiny', 'stages=[contrastive,vqa]',
-           'steps.contrastive=6', 'steps.vqa=4', 'batch_size=16', 'log_every=1', f'out={out}', f'data={data}', 'device=cpu', *extra]
+           'steps.contrastive=6', 'steps.vqa=4', 'batch_size=16', 'log_every=1', 'pseudo_label=0', f'out={out}', f'data={data}', 'device=cpu', *extra]
     if not launcher: cmd = [sys.executable, *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
 
