@@ -102,8 +102,8 @@ def _poison(root: Path, image_ids: set):
 def _train(tmp: Path, data: Path, extra=(), ok=True):
     env = {**os.environ, 'PATH': f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", 'OMP_NUM_THREADS': '1'}
     args = ['mmkt', 'train', '--config', 'shapes_tiny', f'data={data}', f'out={tmp / "run"}', 'device=cpu', 'n_train=96',
-            'n_val=16', 'n_test=16', 'batch_size=16', 'pseudo_label=0.25', 'pseudo_threshold=0.1', 'eval_every=0', 'log_every=5',
-            'steps={contrastive: 4, pretrain: 4, vqa: 12, caption: 8}', *extra]
+            'n_val=16', 'n_test=16', 'batch_size=16', 'pseudo_label=0.25', 'pseudo_threshold=0.1', 'pseudo_rounds=2', 'eval_every=0', 'log_every=5',
+            'steps={contrastive: 4, pretrain: 4, vqa: 12, caption: 8}', 'pseudo_steps={}', *extra]
     r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
     if not ok: return r
     assert r.returncode == 0, r.stderr[-3000:]
@@ -126,13 +126,15 @@ def test_one_round_end_to_end_through_mmkt_train(two_runs):
     p = res['pseudo']
     for k in ('label_fraction', 'teacher_vqa', 'student_vqa', 'supervised_vqa', 'precision'): assert p[k] is not None, k
     assert p['label_fraction'] == 0.25 and (p['labelled_images'], p['unlabelled_images']) == (24, 72)
-    assert set(p['models']) == {'teacher', 'student1', 'supervised'} and p['supervised_vqa'] == res['vqa']['overall']
+    assert list(p['models']) == ['teacher', 'student1', 'student2', 'supervised'] and p['supervised_vqa'] == res['vqa']['overall']
+    assert [r['labeller'] for r in p['rounds']] == ['teacher', 'student1'] and p['student_vqa'] == p['models']['student2']['vqa']
     r = p['rounds'][0]
     n_unl = len(load_vqa(*vqa_paths(a / 'run' / 'pseudo' / 'data', 'unlabelled'))[0])
     n_lab = len(load_vqa(*vqa_paths(a / 'run' / 'pseudo' / 'data', 'labelled'))[0])
     assert r['pseudo_answers'] == round(r['answer_coverage'] * n_unl / 100) > 0 and 0 <= r['answer_precision'] <= 100
     assert r['pseudo_captions'] <= 72 and 'self-training with 25% of the labels' in out
-    for f in ('results.json', 'pseudo.png', 'teacher/vqa.safetensors', 'student1/vqa.safetensors', 'data/semi.json'):
+    for f in ('results.json', 'pseudo.png', 'teacher/vqa.safetensors', 'student1/vqa.safetensors', 'student2/caption.safetensors',
+              'data/semi.json', 'data/v2_shapes_pseudo2_annotations.json'):
         assert (a / 'run' / 'pseudo' / f).is_file(), f
     # the student trained on the pseudo split: labelled + kept pseudo-answers
     qs, anns = load_vqa(*vqa_paths(a / 'run' / 'pseudo' / 'data', 'pseudo1'))
@@ -145,12 +147,12 @@ def test_withheld_labels_never_reach_training(two_runs):
     (a, ra, _), (b, rb, _) = two_runs
     pa, pb = a / 'run' / 'pseudo', b / 'run' / 'pseudo'
     files = sorted(p.relative_to(pa) for p in pa.rglob('*.safetensors'))
-    assert len(files) >= 6
+    assert len([f for f in files if len(f.parts) == 2]) == 12    # teacher and two students, four stages each (+ checkpoints)
     for f in files:
         ta, tb = load_file(pa / f), load_file(pb / f)
         assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), f"{f} differs: withheld labels leaked"
     for f in ('annotations/captions_pseudo1.json', 'v2_OpenEnded_shapes_pseudo1_questions.json', 'v2_shapes_pseudo1_annotations.json',
-              'tokenizer.json'):
+              'annotations/captions_pseudo2.json', 'v2_shapes_pseudo2_annotations.json', 'tokenizer.json'):
         assert (pa / 'data' / f).read_bytes() == (pb / 'data' / f).read_bytes(), f
     assert ra['pseudo']['teacher_vqa'] == rb['pseudo']['teacher_vqa'] and ra['pseudo']['student_vqa'] == rb['pseudo']['student_vqa']
     # the poison did reach the measurement (and the fully supervised run, which may read every label)

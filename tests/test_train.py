@@ -130,3 +130,20 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
     assert len(runs['big'][0]) == len(runs['accum'][0]) == 6
     assert runs['big'][0] == pytest.approx(runs['accum'][0], abs=1e-5)
     assert torch.allclose(runs['big'][1], runs['accum'][1], atol=1e-6)
+
+
+def test_bf16_autocast_trains_close_to_float32(tmp_path, data):
+    """The mixed-precision path (`mixed_precision=bf16`, Accelerate's autocast; CPU autocast here, the same code as on a
+    GPU): weights stay float32, matmuls run in bf16, and the losses track the float32 run."""
+    from mmkt_lib.train import Pipeline
+    losses = {}
+    for mp in ('no', 'bf16'):
+        cfg = load_config('shapes_tiny', [f'data={data}', f'out={tmp_path / mp}', 'n_train=64', 'n_val=8', 'n_test=8', 'device=cpu',
+                                          'stages=[vqa]', 'steps.vqa=4', 'batch_size=16', 'log_every=1', 'eval_every=0',
+                                          'pseudo_label=0', f'mixed_precision={mp}'])
+        pipe = Pipeline(cfg, verbose=False).train()
+        assert all(p.dtype == torch.float32 for p in pipe.vqa.parameters())
+        losses[mp] = [r['loss'] for r in map(json.loads, (tmp_path / mp / 'metrics.jsonl').read_text().splitlines())]
+    assert len(losses['bf16']) == 4 and all(map(lambda x: x == x and abs(x) < 1e4, losses['bf16']))
+    assert losses['bf16'] != losses['no']                                   # bf16 really ran
+    for a, b in zip(losses['no'], losses['bf16']): assert b == pytest.approx(a, rel=0.05)
