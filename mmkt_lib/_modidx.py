@@ -394,6 +394,7 @@ d = { 'settings': { 'branch': 'main',
                               'mmkt_lib.vqa.VQAModel.forward': ('vqa.html#vqamodel.forward', 'mmkt_lib/vqa.py'),
                               'mmkt_lib.vqa.VQAModel.from_pretrained_model': ('vqa.html#vqamodel.from_pretrained_model', 'mmkt_lib/vqa.py'),
                               'mmkt_lib.vqa.show_vqa_examples': ('vqa.html#show_vqa_examples', 'mmkt_lib/vqa.py'),
+                              'mmkt_lib.vqa.vqa_batches': ('vqa.html#vqa_batches', 'mmkt_lib/vqa.py'),
                               'mmkt_lib.vqa.vqa_loss': ('vqa.html#vqa_loss', 'mmkt_lib/vqa.py'),
                               'mmkt_lib.vqa.vqa_predictions': ('vqa.html#vqa_predictions', 'mmkt_lib/vqa.py'),
                               'mmkt_lib.vqa.vqa_soft_score': ('vqa.html#vqa_soft_score', 'mmkt_lib/vqa.py')}}}
