@@ -98,7 +98,13 @@ class CLIP(nn.Module):
         self.text_projection = nn.Linear(cfg.text.dim, cfg.embed_dim, bias=False)
         nn.init.normal_(self.visual_projection.weight, std=cfg.vision.dim ** -0.5)
         nn.init.normal_(self.text_projection.weight, std=cfg.text.dim ** -0.5)
-        self.logit_scale = nn.Parameter(torch.tensor(cfg.init_logit_scale))
+        # shape (1,), not a scalar: FSDP2 shards every parameter along dim 0 and refuses 0-d ones
+        self.logit_scale = nn.Parameter(torch.full((1,), cfg.init_logit_scale))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        k = prefix + 'logit_scale'   # weights saved with a 0-d temperature (Hugging Face's, ours before) still load
+        if k in state_dict and state_dict[k].ndim == 0: state_dict[k] = state_dict[k].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         "(B, 3, H, W) -> (B, E) projected image embeddings (not normalised)."
@@ -110,7 +116,7 @@ class CLIP(nn.Module):
 
     def scale(self) -> torch.Tensor:
         "The multiplier exp(logit_scale), capped at `max_logit_scale`."
-        return self.logit_scale.exp().clamp(max=self.cfg.max_logit_scale)
+        return self.logit_scale.exp().clamp(max=self.cfg.max_logit_scale).squeeze(0)    # () 
 
     @torch.no_grad()
     def clamp_logit_scale_(self):
@@ -219,7 +225,7 @@ def _clip_from_pretrained(cls, model_or_path) -> 'CLIP':
     model.visual.load_state_dict(visual.state_dict())
     model.visual_projection.load_state_dict(hf.visual_projection.state_dict())
     model.text_projection.load_state_dict(hf.text_projection.state_dict())
-    _copy(model.logit_scale, hf.logit_scale, 'logit_scale')
+    _copy(model.logit_scale, hf.logit_scale.reshape(1), 'logit_scale')
     t = model.text
     _copy(t.token_embedding.weight, tm.embeddings.token_embedding.weight, 'token_embedding')
     _copy(t.pos_embed, tm.embeddings.position_embedding.weight[None], 'position_embedding')

@@ -27,8 +27,8 @@ from .core import DataError, load_json, save_json, set_seed, atomic_write
 
 # %% auto #0
 __all__ = ['STAGES', 'RunConfig', 'load_config', 'param_groups', 'cosine_schedule', 'freeze', 'EpochSampler', 'ImageCaptionPairs',
-           'save_checkpoint', 'latest_checkpoint', 'load_checkpoint', 'Trainer', 'prepare_data', 'Pipeline', 'plot_run',
-           'run_pipeline']
+           'full_state_dict', 'save_weights', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint',
+           'freeze_unused', 'Trainer', 'prepare_data', 'Pipeline', 'plot_run', 'run_pipeline']
 
 # %% ../nbs/11_distributed_training.ipynb #391621f9
 STAGES = ('contrastive', 'pretrain', 'vqa', 'caption')
@@ -89,6 +89,7 @@ class RunConfig:
     out: str = 'runs/shapes_tiny'
     beam_size: int = 3
     device: str = ''                   # '' = what Accelerate picks; 'cpu' forces the CPU
+    fsdp: bool = False                 # shard weights, gradients and optimiser state over the processes (FSDP2)
     crash_at_step: int = 0             # testing only: exit abruptly after this optimiser step (simulates a killed job)
     # noise for the Noisy Student (chapter 10)
     drop_path: float = 0.0             # stochastic depth in the image tower (model noise)
@@ -230,16 +231,43 @@ def _set_rng_state(s: dict):
     v, st, g = json.loads(s['python']); random.setstate((v, tuple(st), g))
     n = json.loads(s['numpy']); np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
 
+def _full(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+    return StateDictOptions(full_state_dict=True, **kw)
+
+def full_state_dict(model: nn.Module, cpu_offload: bool = True) -> dict:
+    "The whole model's weights, keyed by the plain module's names, whatever wraps it (nothing, DDP, FSDP 1 or 2). \
+Call on every process: under FSDP it gathers the shards (with `cpu_offload`, onto the main process only)."
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    return get_model_state_dict(model, options=_full(cpu_offload=cpu_offload))
+
+def save_weights(sd: dict, path: Path):
+    "A state dict to safetensors (contiguous, on the CPU; tensors sharing storage are copied apart)."
+    from safetensors.torch import save_file
+    seen, out = set(), {}
+    for k, v in sd.items():
+        v = v.detach().cpu().contiguous()
+        if v.untyped_storage().data_ptr() in seen: v = v.clone()
+        seen.add(v.untyped_storage().data_ptr()); out[k] = v
+    save_file(out, str(path))
+
+def _inner(optimizer): return getattr(optimizer, 'optimizer', optimizer)   # Accelerate's wrapper -> the torch optimiser
+
 def save_checkpoint(dir_: Path, model: nn.Module, optimizer, scheduler, state: dict, rank: int = 0, is_main: bool = True,
                     barrier: Callable = lambda: None, _crash: bool = False) -> Path:
     "Write checkpoint `dir_/step_XXXXXXX` atomically and point `dir_/latest` at it. Call on every process."
-    from safetensors.torch import save_model
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
     final = Path(dir_) / f"step_{state['step']:07d}"
     tmp = final.with_name(final.name + '.tmp')
+    # full (unsharded) model and optimiser state keyed by parameter names: the same files whatever the process count
+    # or wrapping, so a run saved under FSDP resumes under DDP or on one process, and the weights load into a plain model
+    msd = full_state_dict(model)
+    osd = get_optimizer_state_dict(model, _inner(optimizer), options=_full(cpu_offload=True))
     if is_main:
         shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
-        save_model(model, str(tmp / 'model.safetensors'))
-        torch.save({'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict()}, tmp / 'optim.pt')
+        save_weights(msd, tmp / 'model.safetensors')
+        torch.save({'optimizer': osd, 'scheduler': scheduler.state_dict()}, tmp / 'optim.pt')
+    del msd, osd
     barrier()
     torch.save(_rng_state(), tmp / f'rng_{rank}.pt')
     barrier()
@@ -260,37 +288,69 @@ def latest_checkpoint(dir_: Path) -> Path | None:
     return c if (c / 'trainer_state.json').is_file() else None
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer=None, scheduler=None, rank: int = 0) -> dict:
-    "Restore model (and optimiser, scheduler, this process's RNG) from a checkpoint directory; returns the trainer state."
-    from safetensors.torch import load_model
+    "Restore model (and optimiser, scheduler, this process's RNG) from a checkpoint directory; returns the trainer state. \
+`model` may be wrapped (DDP, FSDP): every process reads the full state and keeps its part."
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
     path = Path(path)
     for f in ('model.safetensors', 'optim.pt', 'trainer_state.json'):
         if not (path / f).is_file(): raise FileNotFoundError(f"{path / f}: checkpoint file missing")
-    load_model(model, str(path / 'model.safetensors'))
+    set_model_state_dict(model, load_file(path / 'model.safetensors'), options=_full())
     if optimizer is not None:
         o = torch.load(path / 'optim.pt', weights_only=True, map_location='cpu')
-        optimizer.load_state_dict(o['optimizer']); scheduler.load_state_dict(o['scheduler'])
+        set_optimizer_state_dict(model, _inner(optimizer), o['optimizer'], options=_full()); scheduler.load_state_dict(o['scheduler'])
         rng = path / f'rng_{rank}.pt'
         if rng.is_file(): _set_rng_state(torch.load(rng, weights_only=True))
     return load_json(path / 'trainer_state.json')
 
 # %% ../nbs/11_distributed_training.ipynb #d46e60c9
+def freeze_unused(model: nn.Module, loss_fn: Callable, batch) -> list[str]:
+    "Freeze the trainable parameters to which `loss_fn(model, batch)` gives no gradient; returns their names."
+    from mmkt_lib.core import to_device
+    if not any(p.requires_grad for p in model.parameters()): return []
+    rng, was = _rng_state(), model.training
+    try:
+        model.train()
+        loss_fn(model, to_device(batch, next(model.parameters()).device))['loss'].backward()
+        unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    finally:
+        model.zero_grad(set_to_none=True); model.train(was); _set_rng_state(rng)
+    for n, p in model.named_parameters():
+        if n in unused: p.requires_grad_(False)
+    return unused
+
+# %% ../nbs/11_distributed_training.ipynb #4427e75d
 class Trainer:
     "Train one stage with Accelerate; resumes from the stage's latest checkpoint if there is one."
     def __init__(self, cfg: RunConfig, stage: str, model: nn.Module, loss_fn: Callable, dataset, collate: Callable,
                  out_dir: Path, accelerator=None, eval_fn: Callable | None = None):
         from accelerate import Accelerator
-        from accelerate.utils import DataLoaderConfiguration
+        from accelerate.utils import DataLoaderConfiguration, DistributedType, FullyShardedDataParallelPlugin
         self.cfg, self.stage, self.loss_fn, self.eval_fn = cfg, stage, loss_fn, eval_fn
         self.out = Path(out_dir); self.ckpt_dir = self.out / 'checkpoints' / stage
         self.out.mkdir(parents=True, exist_ok=True)
         mp = cfg.mixed_precision
         if mp == 'auto': mp = 'bf16' if torch.cuda.is_available() and cfg.device != 'cpu' else 'no'
+        plugin = FullyShardedDataParallelPlugin(fsdp_version=2) if cfg.fsdp else None
         self.acc = accelerator or Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum,
                                               dataloader_config=DataLoaderConfiguration(split_batches=True), rng_types=[],
-                                              cpu=cfg.device == 'cpu')
+                                              cpu=cfg.device == 'cpu', fsdp_plugin=plugin)
+        if plugin is not None and self.acc.distributed_type == DistributedType.MULTI_CPU:
+            # Accelerate switches FSDP on for accelerators only; torch's FSDP2 shards over gloo on the CPU as well
+            # (how the tests check this code path without a GPU). Accelerate re-reads the process state, so set it there too
+            from accelerate import PartialState
+            PartialState().distributed_type = self.acc.state.distributed_type = DistributedType.FSDP
+            self.acc.state.fsdp_plugin = plugin
+        self.fsdp = self.acc.distributed_type == DistributedType.FSDP
         if cfg.batch_size % self.acc.num_processes:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {self.acc.num_processes} processes")
         freeze(model, cfg.freeze)
+        probe = [dataset[i] for i in range(min(2, len(dataset)))]
+        self.unused = freeze_unused(model, loss_fn, (collate or torch.utils.data.default_collate)(probe))
+        # FSDP shards the module it is given in place: train a copy and keep the caller's model whole, to receive the
+        # gathered weights at the end (`trained_model`)
+        self._whole = model
+        if self.fsdp: model = copy.deepcopy(model)
         self.steps = int(cfg.steps.get(stage, 0))
         self.sampler = EpochSampler(len(dataset), cfg.seed)
         self.dataset = dataset
@@ -304,6 +364,11 @@ class Trainer:
                                 fused=torch.cuda.is_available() and cfg.device != 'cpu')
         sched = cosine_schedule(opt, max(1, self.steps), cfg.warmup)
         self.model, self.opt, self.loader, self.sched = self.acc.prepare(model, opt, loader, sched)
+        if self.acc.is_main_process:
+            n = self.acc.num_processes
+            print(f"{stage}: {n} process{'es' if n > 1 else ''} ({self.acc.distributed_type.value}"
+                  f"{', FSDP2' if self.fsdp and self.acc.is_fsdp2 else ', FSDP' if self.fsdp else ''}), mixed precision {mp}"
+                  + (f"; froze {len(self.unused)} parameters its loss does not use" if self.unused else ''))
         self.tb = None
         if cfg.tensorboard and self.acc.is_main_process:
             try:
@@ -331,14 +396,20 @@ class Trainer:
         atomic_write(p, ''.join(l + '\n' for l in keep))
 
     def checkpoint(self, state, _crash=False):
-        return save_checkpoint(self.ckpt_dir, self.acc.unwrap_model(self.model), self.opt, self.sched, state,
+        return save_checkpoint(self.ckpt_dir, self.model, self.opt, self.sched, state,
                                self.acc.process_index, self.acc.is_main_process, self.acc.wait_for_everyone, _crash)
+
+    def trained_model(self) -> nn.Module:
+        "The model with its current weights, unwrapped and whole (call on every process: under FSDP it gathers them)."
+        if not self.fsdp: return self.acc.unwrap_model(self.model)
+        self._whole.load_state_dict(full_state_dict(self.model, cpu_offload=False))
+        return self._whole
 
     def fit(self) -> dict:
         cfg, acc = self.cfg, self.acc
         state = {'stage': self.stage, 'step': 0, 'epoch': 0, 'batch': 0}
         if (c := latest_checkpoint(self.ckpt_dir)) is not None:
-            state = load_checkpoint(c, acc.unwrap_model(self.model), self.opt, self.sched, acc.process_index)
+            state = load_checkpoint(c, self.model, self.opt, self.sched, acc.process_index)
             self._truncate_log(state['step'])
             if acc.is_main_process: print(f"{self.stage}: resuming from {c} (step {state['step']})")
         for tmp in self.ckpt_dir.glob('*.tmp'):                   # debris of a checkpoint that was being written
@@ -378,8 +449,9 @@ class Trainer:
                                'lr': self.sched.get_last_lr()[0], 'seconds': round(time.time() - t0, 2)})
                     bar.set_postfix(loss=f"{means.get('loss', float('nan')):.3f}")
                     sums, n_sum, last_good = {}, 0, state['step']
-                    if self.eval_fn and cfg.eval_every and state['step'] % cfg.eval_every == 0 and acc.is_main_process:
-                        self._log({'stage': self.stage, 'step': state['step'], **self.eval_fn(acc.unwrap_model(self.model))})
+                    if self.eval_fn and cfg.eval_every and state['step'] % cfg.eval_every == 0:
+                        m = self.trained_model()
+                        if acc.is_main_process: self._log({'stage': self.stage, 'step': state['step'], **self.eval_fn(m)})
                 if ck: self.checkpoint(state)
                 if cfg.crash_at_step and state['step'] == cfg.crash_at_step: os._exit(17)   # testing: a killed job
                 if end: break
@@ -391,7 +463,7 @@ class Trainer:
         self.model.eval()
         return state
 
-# %% ../nbs/11_distributed_training.ipynb #834efc74
+# %% ../nbs/11_distributed_training.ipynb #3394b2f0
 def _models(cfg: RunConfig, tok, n_answers: int):
     "Fresh models for every stage, sharing nothing yet: (clip, pretrain, vqa_builder, caption_builder)."
     from mmkt_lib.clip import CLIP, clip_config
@@ -440,7 +512,7 @@ def _vqa_loss(model, b):
 
 def _caption_loss(model, b): return {'loss': model(b['images'], b['input_ids'], b['attention_mask'])}
 
-# %% ../nbs/11_distributed_training.ipynb #116364ba
+# %% ../nbs/11_distributed_training.ipynb #f0ab30c0
 def prepare_data(cfg: RunConfig) -> Path:
     "The data root of `cfg`: ShapeScenes generated there if `source='shapes'`, otherwise checked for its training captions."
     from mmkt_lib.data import make_shape_scenes
@@ -511,7 +583,7 @@ class Pipeline:
             ds, collate = data()
             tr = Trainer(self.cfg, name, model, loss_fn, ds, collate, self.out, eval_fn=self._eval_fn(name))
             tr.fit()
-            model = tr.acc.unwrap_model(tr.model)
+            model = tr.trained_model()
             if tr.acc.is_main_process: save_model(model, str(self.out / f'.{name}.tmp.safetensors')); os.replace(self.out / f'.{name}.tmp.safetensors', final)
             tr.acc.wait_for_everyone()
         self.seconds[name] = round(time.time() - t, 2)
@@ -621,7 +693,7 @@ class Pipeline:
         self.seconds['eval'] = round(time.time() - t, 2)
         return res
 
-# %% ../nbs/11_distributed_training.ipynb #a18d30a0
+# %% ../nbs/11_distributed_training.ipynb #020b210f
 def _flatten(d: dict, prefix: str = '') -> dict:
     out = {}
     for k, v in d.items():
