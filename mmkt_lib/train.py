@@ -532,17 +532,20 @@ class Pipeline:
         self.cfg, self.out, self.say = cfg, Path(cfg.out), (print if verbose else (lambda *a, **k: None))
         self.out.mkdir(parents=True, exist_ok=True)
         self.seconds = {}
-        t = time.time(); self.data = self.prepare_data(); self.seconds['data'] = round(time.time() - t, 2)
-        self.tok = load_tokenizer(cfg.pretrained) if cfg.pretrained and (Path(cfg.pretrained) / 'tokenizer_config.json').is_file() \
-            else load_tokenizer(self.data)
-        vfile = self.out / 'answer_vocab.json'
-        if vfile.is_file(): self.vocab = AnswerVocab.load(vfile)
-        else:
-            _, anns = load_vqa(*vqa_paths(self.data, cfg.train_split))
-            self.vocab = AnswerVocab.from_annotations(anns, top_k=cfg.top_answers)
-            self.vocab.save(vfile)
-        import yaml
-        atomic_write(self.out / 'config.yaml', yaml.safe_dump(asdict(cfg), sort_keys=False))
+        from accelerate import PartialState
+        # several processes: the main one generates the data and writes the vocabulary first, the others then read them
+        with PartialState(cpu=cfg.device == 'cpu').main_process_first():
+            t = time.time(); self.data = self.prepare_data(); self.seconds['data'] = round(time.time() - t, 2)
+            self.tok = load_tokenizer(cfg.pretrained) if cfg.pretrained and (Path(cfg.pretrained) / 'tokenizer_config.json').is_file() \
+                else load_tokenizer(self.data)
+            vfile = self.out / 'answer_vocab.json'
+            if vfile.is_file(): self.vocab = AnswerVocab.load(vfile)
+            else:
+                _, anns = load_vqa(*vqa_paths(self.data, cfg.train_split))
+                self.vocab = AnswerVocab.from_annotations(anns, top_k=cfg.top_answers)
+                self.vocab.save(vfile)
+            import yaml
+            atomic_write(self.out / 'config.yaml', yaml.safe_dump(asdict(cfg), sort_keys=False))
         self.pre = _models(cfg, self.tok, len(self.vocab))
         self.vqa = self.captioner = None
 

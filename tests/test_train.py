@@ -101,6 +101,16 @@ def test_fsdp_gives_the_loss_curve_of_one_and_resumes(tmp_path, data, one):
         for k in a: assert a[k].shape == b[k].shape and torch.allclose(a[k], b[k], atol=tol), (stage, k, (a[k] - b[k]).abs().max())
 
 
+def test_a_run_killed_on_two_processes_resumes_on_one(tmp_path, data, one):
+    "Checkpoints hold whole tensors keyed by parameter name and count global batches: the process count may change."
+    killed = _train(tmp_path / 'r', data, 'crash_at_step=3', launcher=_two_processes())
+    assert killed.returncode != 0 and 'contrastive: 2 processes' in killed.stdout, killed.stderr[-3000:]
+    again = _train(tmp_path / 'r', data)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert 'contrastive: resuming from' in again.stdout and 'contrastive: 1 process (NO)' in again.stdout
+    _same_curve(one, tmp_path / 'r', 1e-4)
+
+
 def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, data, one):
     killed = _train(tmp_path / 'resumed', data, 'crash_at_step=3')   # dies after step 3 of stage 1
     assert killed.returncode == 17
