@@ -101,6 +101,20 @@ def test_fsdp_gives_the_loss_curve_of_one_and_resumes(tmp_path, data, one):
         for k in a: assert a[k].shape == b[k].shape and torch.allclose(a[k], b[k], atol=tol), (stage, k, (a[k] - b[k]).abs().max())
 
 
+def test_fsdp_runs_every_stage_from_no_data_with_periodic_evaluation(tmp_path):
+    "Two processes, a data root that does not exist yet (the main process generates it first), all four stages, and a \
+validation every 2 steps (under FSDP it gathers the shards on every process, then the main one evaluates)."
+    cmd = [*_two_processes(), '-m', 'mmkt_lib.cli', 'train', '--config', 'shapes_tiny', 'fsdp=true', 'pseudo_label=0',
+           'n_train=64', 'n_val=16', 'n_test=16', 'steps={contrastive: 2, pretrain: 2, vqa: 2, caption: 2}', 'eval_every=2',
+           'log_every=2', 'batch_size=16', f"out={tmp_path / 'run'}", f"data={tmp_path / 'fresh'}", 'device=cpu']
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'pretrain: 2 processes (FSDP, FSDP2)' in r.stdout
+    rows = [json.loads(l) for l in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['stage'] for r in rows if 'val_vqa' in r] == ['vqa'] and [r['stage'] for r in rows if 'val_CIDEr' in r] == ['caption']
+    assert all((tmp_path / 'run' / f'{s}.safetensors').is_file() for s in ('contrastive', 'pretrain', 'vqa', 'caption'))
+
+
 def test_a_run_killed_on_two_processes_resumes_on_one(tmp_path, data, one):
     "Checkpoints hold whole tensors keyed by parameter name and count global batches: the process count may change."
     killed = _train(tmp_path / 'r', data, 'crash_at_step=3', launcher=_two_processes())
