@@ -706,7 +706,8 @@ def _flatten(d: dict, prefix: str = '') -> dict:
 
 def plot_run(out: Path, pipe: 'Pipeline' = None):
     "Figures next to results.json: loss curves per stage; VQA examples with attention; captions."
-    import matplotlib; matplotlib.use('Agg', force=False)
+    # no matplotlib.use('Agg'): pyplot falls back to it without a display, and forcing it would switch off the inline
+    # figures of a notebook that calls `run_pipeline` (every figure here is saved and closed)
     import matplotlib.pyplot as plt
     out = Path(out)
     rows = [json.loads(l) for l in (out / 'metrics.jsonl').read_text().splitlines() if l] if (out / 'metrics.jsonl').is_file() else []
