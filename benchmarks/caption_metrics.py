@@ -16,7 +16,8 @@ import warnings
 from pathlib import Path
 
 from mmkt_lib.core import load_json
-from mmkt_lib.data import PRESETS, make_captions, make_shape_scenes
+from mmkt_lib.data import PRESETS, make_shape_scenes
+from mmkt_lib.shapescenes import make_captions
 from mmkt_lib.metrics import caption_metrics, spice_missing_jars
 
 

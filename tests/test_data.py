@@ -14,9 +14,10 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from mmkt_lib.core import DataError
-from mmkt_lib.data import (AnswerVocab, CaptionCollate, CaptionDataset, PRESETS, VQACollate, VQADataset, image_transform,
-                           load_coco_captions, load_tokenizer, load_vqa, make_shape_scenes, mentions_left_right,
-                           normalize_answer, prior_accuracy, vqa_paths, vqa_score)
+from mmkt_lib.vqa import AnswerVocab
+from mmkt_lib.data import CaptionCollate, CaptionDataset, PRESETS, VQACollate, VQADataset, image_transform, load_coco_captions, load_vqa, make_shape_scenes, mentions_left_right, vqa_paths
+from mmkt_lib.text import load_tokenizer
+from mmkt_lib.metrics import normalize_answer, prior_accuracy, vqa_score
 
 SPLITS = ('train', 'val', 'test')
 
@@ -201,7 +202,7 @@ def test_readers_parse_real_coco_vqa_fixture(coco_mini):
 
 
 def _tok(root):
-    from mmkt_lib.data import train_tokenizer
+    from mmkt_lib.text import train_tokenizer
     coco = load_coco_captions(root / 'annotations' / 'captions_val2014.json')
     qs, _ = load_vqa(*vqa_paths(root, 'val2014'))
     return train_tokenizer([a['caption'] for a in coco['annotations']] + [q['question'] for q in qs])

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mmkt_lib.clip import CLIP, clip_config
-from mmkt_lib.data import train_tokenizer
+from mmkt_lib.text import train_tokenizer
 from mmkt_lib.fusion import FUSIONS, FusionConfig, build_fusion
 from mmkt_lib.pretrain import MLMMasker, PretrainConfig, VLPretrainModel, hard_negatives
 

@@ -8,7 +8,9 @@ from torch import nn
 
 from mmkt_lib.caption import Captioner, DecoderConfig, beam_search, greedy_decode
 from mmkt_lib.clip import CLIP, clip_config
-from mmkt_lib.data import AnswerVocab, VQACollate, train_tokenizer
+from mmkt_lib.vqa import AnswerVocab
+from mmkt_lib.data import VQACollate
+from mmkt_lib.text import train_tokenizer
 from mmkt_lib.fusion import FusionConfig
 from mmkt_lib.vit import ViT, vit_config
 from mmkt_lib.vqa import VQAModel, vqa_loss, vqa_soft_score

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from mmkt_lib.core import DataError
-from mmkt_lib.data import load_vqa, normalize_answer, vqa_paths
+from mmkt_lib.data import load_vqa, vqa_paths
+from mmkt_lib.metrics import normalize_answer
 from mmkt_lib import metrics as M
 from mmkt_lib.metrics import caption_metrics, vqa_accuracy
 

@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from mmkt_lib.core import load_json, save_json
-from mmkt_lib.data import AnswerVocab, load_vqa, make_shape_scenes, vqa_paths
-from mmkt_lib.pseudo import (make_semi_supervised, pseudo_annotation, select_confident, split_labelled, visible_labels,
-                             withheld_labels, write_pseudo_split)
+from mmkt_lib.vqa import AnswerVocab
+from mmkt_lib.data import load_vqa, make_shape_scenes, vqa_paths
+from mmkt_lib.pseudo import make_semi_supervised, pseudo_annotation, select_confident, split_labelled, visible_labels, withheld_labels, write_pseudo_split
 
 BIN = Path(sys.executable).parent
 
@@ -42,7 +42,7 @@ def test_pseudo_annotation_hard_and_soft_targets():
 
 
 def test_config_checks_the_pseudo_labelling_fields():
-    from mmkt_lib.train import load_config
+    from mmkt_lib.config import load_config
     with pytest.raises(ValueError, match='labelled fraction'): load_config('shapes_tiny', ['pseudo_label=1.5'])
     with pytest.raises(ValueError, match="self-training needs the .vqa. and .caption. stages"): load_config('shapes_tiny', ['stages=[vqa]'])
     with pytest.raises(ValueError, match='pseudo_filter'): load_config('shapes_tiny', ['pseudo_filter=cider'])

@@ -12,7 +12,9 @@ from torch import nn
 import torch.nn.functional as F
 
 from mmkt_lib.data import make_shape_scenes
-from mmkt_lib.train import Trainer, latest_checkpoint, load_checkpoint, load_config
+from mmkt_lib.trainer import Trainer
+from mmkt_lib.checkpoint import latest_checkpoint, load_checkpoint
+from mmkt_lib.config import load_config
 
 BIN = Path(sys.executable).parent
 
@@ -28,14 +30,16 @@ def data(tmp_path_factory):
     return root
 
 
-def _train(out, data, *extra, launcher=()):
+def _train(out, data, *extra, launcher=(), crash_at=0):
     """Three stages, a few steps each (12 logged steps), checkpoints every 2 steps. Not `pretrain`: its matching loss
     mines hard negatives within each process's batch, so it is not meant to equal one process's (chapter 11)."""
-    cmd = [*launcher, '-m', 'mmkt_lib.cli', 'train', '--config', 'shapes_tiny', 'stages=[contrastive,vqa,caption]',
+    entry = [str(Path(__file__).parent / '_crash_run.py')] if crash_at else ['-m', 'mmkt_lib.cli']
+    cmd = [*launcher, *entry, 'train', '--config', 'shapes_tiny', 'stages=[contrastive,vqa,caption]',
            'steps.contrastive=6', 'steps.vqa=4', 'steps.caption=2', 'batch_size=16', 'log_every=1',
            'checkpoint_every=2', 'pseudo_label=0', f'out={out}', f'data={data}', 'device=cpu', *extra]
     if not launcher: cmd = [sys.executable, *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+    env = {**_env(), 'MMKT_TEST_CRASH_AT_STEP': str(crash_at)}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
 def _two_processes():
@@ -86,7 +90,7 @@ def test_fsdp_gives_the_loss_curve_of_one_and_resumes(tmp_path, data, one):
     read back into them after a kill, and final weights that load into a plain model and match the reference's."""
     from safetensors.torch import load_file
     out = tmp_path / 'fsdp'
-    killed = _train(out, data, 'fsdp=true', 'crash_at_step=3', launcher=_two_processes())
+    killed = _train(out, data, 'fsdp=true', crash_at=3, launcher=_two_processes())
     assert killed.returncode != 0 and 'contrastive: 2 processes (FSDP, FSDP2)' in killed.stdout, killed.stderr[-3000:]
     assert latest_checkpoint(out / 'checkpoints' / 'contrastive').name == 'step_0000002'
     again = _train(out, data, 'fsdp=true', launcher=_two_processes())
@@ -117,7 +121,7 @@ validation every 2 steps (under FSDP it gathers the shards on every process, the
 
 def test_a_run_killed_on_two_processes_resumes_on_one(tmp_path, data, one):
     "Checkpoints hold whole tensors keyed by parameter name and count global batches: the process count may change."
-    killed = _train(tmp_path / 'r', data, 'crash_at_step=3', launcher=_two_processes())
+    killed = _train(tmp_path / 'r', data, crash_at=3, launcher=_two_processes())
     assert killed.returncode != 0 and 'contrastive: 2 processes' in killed.stdout, killed.stderr[-3000:]
     again = _train(tmp_path / 'r', data)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -126,7 +130,7 @@ def test_a_run_killed_on_two_processes_resumes_on_one(tmp_path, data, one):
 
 
 def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, data, one):
-    killed = _train(tmp_path / 'resumed', data, 'crash_at_step=3')   # dies after step 3 of stage 1
+    killed = _train(tmp_path / 'resumed', data, crash_at=3)   # dies after step 3 of stage 1
     assert killed.returncode == 17
     assert latest_checkpoint(tmp_path / 'resumed' / 'checkpoints' / 'contrastive').name == 'step_0000002'
     again = _train(tmp_path / 'resumed', data)
@@ -162,12 +166,16 @@ def test_a_checkpoint_interrupted_mid_write_never_replaces_the_last_good_one(tmp
     script = f"""
 import torch, torch.nn as nn
 from pathlib import Path
-from mmkt_lib.train import save_checkpoint, cosine_schedule
+import os
+from mmkt_lib import checkpoint
+from mmkt_lib.checkpoint import save_checkpoint
+from mmkt_lib.trainer import cosine_schedule
 m = nn.Linear(2, 1); opt = torch.optim.AdamW(m.parameters()); sch = cosine_schedule(opt, 10)
 d = Path({str(tmp_path)!r})
 save_checkpoint(d, m, opt, sch, {{'stage': 't', 'step': 2, 'epoch': 0, 'batch': 2}})
 with torch.no_grad(): m.weight.fill_(float('nan'))
-save_checkpoint(d, m, opt, sch, {{'stage': 't', 'step': 4, 'epoch': 0, 'batch': 4}}, _crash=True)
+checkpoint.publish_checkpoint = lambda *a: os._exit(17)   # die with the parts written, before the commit point
+save_checkpoint(d, m, opt, sch, {{'stage': 't', 'step': 4, 'epoch': 0, 'batch': 4}})
 """
     r = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 17, r.stderr
@@ -214,3 +222,32 @@ def test_bf16_autocast_trains_close_to_float32(tmp_path, data, one):
     assert [x[2] for x in a] != [x[2] for x in b]                                   # bf16 really ran
     for (s, k, la), (_, _, lb) in zip(a, b): assert lb == pytest.approx(la, rel=0.05), (s, k, la, lb)
     assert all(t.dtype == torch.float32 for t in load_file(tmp_path / 'bf16' / 'vqa.safetensors').values())
+
+
+def test_periodic_evaluation_runs_at_every_multiple_of_eval_every_whatever_log_every_is(tmp_path):
+    "eval_every=2 with log_every=3: evaluations at steps 2, 4, 6 (not only where the two intervals meet)."
+    def loss_fn(model, batch):
+        x, y = batch
+        return {'loss': F.mse_loss(model(x).squeeze(-1), y)}
+    seen = []
+    def eval_fn(model):
+        seen.append(model.training)
+        return {'val_metric': 1.0}
+    cfg = load_config(None, {'steps': "{'toy': 6}", 'batch_size': '8', 'log_every': '3', 'eval_every': '2',
+                             'device': 'cpu'})
+    Trainer(cfg, 'toy', nn.Linear(2, 1), loss_fn, _Toy(), None, tmp_path, eval_fn=eval_fn).fit()
+    rows = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['step'] for r in rows if 'val_metric' in r] == [2, 4, 6]
+    assert [r['step'] for r in rows if 'loss' in r] == [3, 6]
+    assert len(seen) == 3
+
+
+def test_callbacks_run_after_every_optimiser_step(tmp_path):
+    def loss_fn(model, batch):
+        x, y = batch
+        return {'loss': F.mse_loss(model(x).squeeze(-1), y)}
+    steps = []
+    cfg = load_config(None, {'steps': "{'toy': 5}", 'batch_size': '8', 'grad_accum': '2', 'device': 'cpu'})
+    Trainer(cfg, 'toy', nn.Linear(2, 1), loss_fn, _Toy(), None, tmp_path,
+            callbacks=[lambda tr, state: steps.append(state['step'])]).fit()
+    assert steps == [1, 2, 3, 4, 5]

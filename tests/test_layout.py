@@ -1,0 +1,96 @@
+"""The layout of mmkt_lib: no import cycle, and no module (or chapter) importing a module exported by a later chapter."""
+import ast
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LIB = ROOT / 'mmkt_lib'
+
+
+def _chapter_of_module() -> dict[str, str]:
+    "module name -> the notebook it is exported from (by nbdev's 'File to edit' header)."
+    out = {}
+    for p in LIB.glob('*.py'):
+        m = re.search(r'File to edit: \.\./nbs/(\w+)\.ipynb', p.read_text())
+        if m:
+            out[p.stem] = m.group(1)
+    return out
+
+
+def _imported_modules(tree: ast.AST, importer: str | None = None) -> set[str]:
+    "mmkt_lib modules imported anywhere in `tree` (module level or inside functions), relative or absolute."
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:
+                found.add(node.module.split('.')[0])
+            elif node.level == 1:
+                found.update(a.name for a in node.names)
+            elif node.module and node.module.startswith('mmkt_lib.'):
+                found.add(node.module.split('.')[1])
+            elif node.module == 'mmkt_lib':
+                found.update(a.name for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split('.')[1] for a in node.names if a.name.startswith('mmkt_lib.'))
+    return found - {importer, '_modidx', '__init__'}
+
+
+def _graph() -> dict[str, set[str]]:
+    return {p.stem: _imported_modules(ast.parse(p.read_text()), p.stem)
+            for p in LIB.glob('*.py') if p.stem not in ('_modidx', '__init__')}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    "One import cycle of `graph` as a list of modules, or None."
+    state, stack = {}, []
+    def visit(m):
+        state[m] = 'open'
+        stack.append(m)
+        for n in sorted(graph.get(m, ())):
+            if state.get(n) == 'open':
+                return stack[stack.index(n):] + [n]
+            if n not in state and (c := visit(n)):
+                return c
+        state[m] = 'done'
+        stack.pop()
+        return None
+    for m in sorted(graph):
+        if m not in state and (c := visit(m)):
+            return c
+    return None
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert _cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']
+    assert _cycle({'a': {'b'}, 'b': {'c'}, 'c': set()}) is None
+
+
+def test_no_import_cycle():
+    assert _cycle(_graph()) is None
+
+
+def _order(nb: str) -> tuple:
+    "Sort key of a notebook name: its number, then the rest ('01a_x' after '01_y')."
+    m = re.match(r'(\d+)(\w*?)_', nb)
+    return int(m.group(1)), m.group(2)
+
+
+def test_no_module_imports_a_later_chapter():
+    chapter = _chapter_of_module()
+    bad = [(m, n) for m, deps in _graph().items() for n in deps
+           if m in chapter and n in chapter and _order(chapter[n]) > _order(chapter[m])]
+    assert not bad, f"modules importing a module of a later chapter: {bad}"
+
+
+@pytest.mark.parametrize('nb', sorted(p.name for p in (ROOT / 'nbs').glob('*.ipynb')))
+def test_no_chapter_imports_a_later_chapter(nb):
+    chapter = _chapter_of_module()
+    cells = json.loads((ROOT / 'nbs' / nb).read_text())['cells']
+    code = '\n'.join(''.join(c['source']) for c in cells if c['cell_type'] == 'code')
+    code = '\n'.join(l for l in code.splitlines() if not l.lstrip().startswith(('!', '%')))
+    used = _imported_modules(ast.parse(code))
+    later = sorted(m for m in used if m in chapter and _order(chapter[m]) > _order(nb))
+    assert not later, f"{nb} imports {later}, exported by later chapters"
