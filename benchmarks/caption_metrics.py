@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mmkt_lib.core import load_json
 from mmkt_lib.data import PRESETS, make_shape_scenes
-from mmkt_lib.shapescenes import make_captions
+from mmkt_lib.scenes import make_captions
 from mmkt_lib.metrics import caption_metrics, spice_missing_jars
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 os.environ.setdefault('OMP_NUM_THREADS', '1')  # one core, as the target says
 
 from mmkt_lib.data import make_shape_scenes  # noqa: E402
+from mmkt_lib.text import data_tokenizer  # noqa: E402
 
 
 def main():
@@ -34,6 +35,7 @@ def main():
         with tempfile.TemporaryDirectory() as d:
             t = time.perf_counter()
             m = make_shape_scenes(Path(d) / 's', args.n, 0, 0, preset=args.preset, seed=r)
+            data_tokenizer(Path(d) / 's', verbose=False)   # the data root's tokenizer, as `mmkt data shapes` makes it
             times.append(time.perf_counter() - t)
             print(f"run {r}: split {m['seconds']['train']:.2f} s, with tokenizer and manifest {times[-1]:.2f} s")
     best = min(times)

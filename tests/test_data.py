@@ -15,8 +15,9 @@ from pycocotools.coco import COCO
 
 from mmkt_lib.core import DataError
 from mmkt_lib.vqa import AnswerVocab
-from mmkt_lib.data import CaptionCollate, CaptionDataset, PRESETS, VQACollate, VQADataset, image_transform, load_coco_captions, load_vqa, make_shape_scenes, mentions_left_right, vqa_paths
-from mmkt_lib.text import load_tokenizer
+from mmkt_lib.data import (PRESETS, CaptionCollate, CaptionDataset, VQACollate, VQADataset, image_transform,
+                           load_coco_captions, load_vqa, make_shape_scenes, mentions_left_right, vqa_paths)
+from mmkt_lib.text import data_tokenizer, load_tokenizer
 from mmkt_lib.metrics import normalize_answer, prior_accuracy, vqa_score
 
 SPLITS = ('train', 'val', 'test')
@@ -218,7 +219,7 @@ def test_vqa_test_split_without_annotations_or_captions(coco_mini):
 
 
 def test_shapes_datasets_and_collate(shapes):
-    tok = load_tokenizer(shapes)
+    tok = data_tokenizer(shapes)   # the data root's tokenizer, made on first use
     assert (tok.pad_token_id, tok.mask_token, tok.bos_token, tok.eos_token, tok.unk_token) == (0, '[MASK]', '[BOS]', '[EOS]', '[UNK]')
     ids = tok('What color is the leftmost circle?')['input_ids']
     assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id and tok.unk_token_id not in ids

@@ -1,4 +1,4 @@
-"""The layout of mmkt_lib: no import cycle, and no module (or chapter) importing a module exported by a later chapter."""
+"""The layout of mmkt_lib: no import cycle, and no module (or chapter) importing a module of a later chapter."""
 import ast
 import json
 import re

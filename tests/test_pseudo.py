@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from mmkt_lib.core import load_json, save_json
 from mmkt_lib.vqa import AnswerVocab
 from mmkt_lib.data import load_vqa, make_shape_scenes, vqa_paths
-from mmkt_lib.pseudo import make_semi_supervised, pseudo_annotation, select_confident, split_labelled, visible_labels, withheld_labels, write_pseudo_split
+from mmkt_lib.pseudo import (make_semi_supervised, pseudo_annotation, select_confident, split_labelled, visible_labels,
+                             withheld_labels, write_pseudo_split)
 
 BIN = Path(sys.executable).parent
 
