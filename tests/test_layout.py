@@ -94,3 +94,22 @@ def test_no_chapter_imports_a_later_chapter(nb):
     used = _imported_modules(ast.parse(code))
     later = sorted(m for m in used if m in chapter and _order(chapter[m]) > _order(nb))
     assert not later, f"{nb} imports {later}, exported by later chapters"
+
+
+def _function_lengths() -> list[tuple[int, str]]:
+    "(lines, module.function) of every function in mmkt_lib, longest first (nested ones included)."
+    rows = []
+    for p in LIB.glob('*.py'):
+        if p.stem in ('_modidx', '__init__'):
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                rows.append((node.end_lineno - node.lineno + 1, f'{p.stem}.{node.name}'))
+    return sorted(rows, reverse=True)
+
+
+def test_functions_and_modules_read_at_a_glance():
+    "No function over 40 lines, no module over 450 (the generated _modidx aside)."
+    assert _function_lengths()[0][0] <= 40, _function_lengths()[:5]
+    sizes = {p.name: len(p.read_text().splitlines()) for p in LIB.glob('*.py') if p.stem != '_modidx'}
+    assert max(sizes.values()) <= 450, sorted(sizes.items(), key=lambda t: -t[1])[:3]
