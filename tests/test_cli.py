@@ -54,6 +54,7 @@ def test_demo_tiny_writes_results_and_predict_works(tmp_path):
     keys += [f'vqa.per_answer_type.{t}' for t in ('yes/no', 'number', 'other')]
     keys += [f'seconds.{s}' for s in ('data', 'contrastive', 'pretrain', 'vqa', 'caption', 'eval', 'pseudo')]
     keys += [f'pseudo.{k}' for k in ('label_fraction', 'teacher_vqa', 'student_vqa', 'supervised_vqa', 'precision')]
+    keys += [f'caption.{k}' for k in ('CHAIR_i', 'CHAIR_s', 'count_accuracy', 'relation_accuracy')]
     assert [k for k in keys if k not in flat] == []
     assert 0 <= flat['vqa.overall'] <= 100 and 0 < flat['baseline.prior_vqa'] < 50
     for f in ('loss_curves.png', 'vqa_examples.png', 'captions.png', 'metrics.jsonl', 'pseudo/pseudo.png'):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from mmkt_lib.core import DataError
-from mmkt_lib.data import load_vqa, vqa_paths
+from mmkt_lib.data import load_coco_captions, load_vqa, vqa_paths
 from mmkt_lib.metrics import normalize_answer
 from mmkt_lib import metrics as M
 from mmkt_lib.metrics import caption_metrics, vqa_accuracy
@@ -174,3 +174,38 @@ def test_caption_benchmark_small_run():
     r = subprocess.run([sys.executable, str(script), '--n', '30'], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert '| caption_metrics | 30 captions x 5 references |' in r.stdout
+
+
+def test_caption_truth_on_known_captions():
+    "CHAIR, counts and relations on hand-written captions about a hand-made scene."
+    from mmkt_lib.truth import caption_truth
+    scene = {'image_id': 1, 'objects': [
+        {'size': 'large', 'color': 'red', 'shape': 'circle', 'pixel_coords': [10, 30]},
+        {'size': 'small', 'color': 'blue', 'shape': 'square', 'pixel_coords': [50, 10]},
+        {'size': 'small', 'color': 'red', 'shape': 'square', 'pixel_coords': [30, 50]}]}
+    scenes = [{**scene, 'image_id': i} for i in range(1, 5)]
+    caps = {1: 'A large red circle to the left of a small blue square.',   # 2 mentions, true relation
+            2: 'A small blue square to the left of a large red circle.',   # 2 mentions, false relation
+            3: 'Three objects: two squares and a green triangle.',         # counts true; green triangle invented
+            4: 'A large blue square above a small red square.'}            # large blue square invented; relation false
+    t = caption_truth(caps, scenes)
+    # mentions: 2 + 2 + (squares, green triangle) 2 + 2 = 8, of which 2 hallucinated; captions 3 and 4 hallucinate
+    assert t['CHAIR_i'] == 25.0 and t['CHAIR_s'] == 50.0
+    assert t['count_accuracy'] == 100.0 and t['relation_accuracy'] == round(100 / 3, 2)
+    with pytest.raises(DataError, match='no scene for image_id'):
+        caption_truth({9: 'a red circle'}, scenes)
+
+
+def test_reference_captions_are_true_and_other_images_captions_are_not(shapes):
+    from mmkt_lib.truth import caption_truth
+    refs = load_coco_captions(shapes / 'annotations' / 'captions_val.json')['annotations']
+    by_image = {}
+    for a in refs:
+        by_image.setdefault(a['image_id'], []).append(a['caption'])
+    ids = sorted(by_image)
+    for k in range(5):
+        t = caption_truth({i: by_image[i][k] for i in ids}, shapes / 'scenes_val.json')
+        assert t['CHAIR_i'] in (0.0, None) and t['CHAIR_s'] == 0.0, t
+        assert t['count_accuracy'] in (100.0, None) and t['relation_accuracy'] in (100.0, None), t
+    other = caption_truth({i: by_image[j][1] for i, j in zip(ids, ids[1:] + ids[:1])}, shapes / 'scenes_val.json')
+    assert other['CHAIR_i'] > 30 and other['CHAIR_s'] > 30
