@@ -1,4 +1,4 @@
-"""Pseudo-labelling and self-training (chapter 10): thresholding, the semi-supervised split, no leak of withheld labels,
+"""Pseudo-labelling and self-training (chapters 16a, 16b): thresholding, the semi-supervised split, no leak of withheld labels,
 one round end to end through `mmkt train`."""
 import json
 import os

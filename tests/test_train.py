@@ -32,7 +32,7 @@ def data(tmp_path_factory):
 
 def _train(out, data, *extra, launcher=(), crash_at=0):
     """Three stages, a few steps each (12 logged steps), checkpoints every 2 steps. Not `pretrain`: its matching loss
-    mines hard negatives within each process's batch, so it is not meant to equal one process's (chapter 11)."""
+    mines hard negatives within each process's batch, so it is not meant to equal one process's (chapter 14)."""
     entry = [str(Path(__file__).parent / '_crash_run.py')] if crash_at else ['-m', 'mmkt_lib.cli']
     cmd = [*launcher, *entry, 'train', '--config', 'shapes_tiny', 'stages=[contrastive,vqa,caption]',
            'steps.contrastive=6', 'steps.vqa=4', 'steps.caption=2', 'batch_size=16', 'log_every=1',
@@ -251,3 +251,14 @@ def test_callbacks_run_after_every_optimiser_step(tmp_path):
     Trainer(cfg, 'toy', nn.Linear(2, 1), loss_fn, _Toy(), None, tmp_path,
             callbacks=[lambda tr, state: steps.append(state['step'])]).fit()
     assert steps == [1, 2, 3, 4, 5]
+
+
+def test_train_throughput_benchmark_smoke():
+    "benchmarks/train_throughput.py on a tiny run: one line per stage (its demo-size figures are in RESULTS.md)."
+    script = Path(__file__).parent.parent / 'benchmarks' / 'train_throughput.py'
+    r = subprocess.run([sys.executable, str(script), '--config', 'shapes_tiny', '--n-train', '40', '--steps', '1',
+                        '--warmup', '0', '--threads', '1'], capture_output=True, text=True, env=_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [l for l in r.stdout.splitlines() if l.startswith('| ')]
+    assert [l.split(' | ')[1] for l in lines] == ['contrastive', 'pretrain', 'vqa', 'caption']
+    assert all('images/s' in l for l in lines)
