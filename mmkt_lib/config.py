@@ -58,6 +58,7 @@ class DataSection:
     noise: bool = False                # input noise: random translation and Gaussian pixel noise on training images
     num_workers: int = 0
     vqa_questions: int = 0             # questions per image in a VQA training batch, drawn at random (0: all of them)
+    cache_images: bool = True          # decode each image once and keep it in memory (off for real COCO: ~1 MB each)
 
     def _check_data(self):
         if self.source not in ('shapes', 'coco', 'files'):
@@ -92,6 +93,14 @@ class ModelSection:
             raise ValueError(f"unknown fusion {self.fusion!r}")
 
 # %% ../nbs/12_config.ipynb #252a0183
+def _check_steps(name: str, steps: dict):
+    "Each key a stage, each value a whole number of steps."
+    for stage, n in steps.items():
+        if stage not in STAGES:   # e.g. `steps={vqa:500}` on a command line, which YAML reads as one key 'vqa:500'
+            raise ValueError(f"{name}: unknown stage {stage!r}; stages are {list(STAGES)} (write {name}.vqa=500)")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"{name}.{stage} must be a whole number >= 0, got {n!r}")
+
 @dataclass
 class OptimisationSection:
     steps: dict = field(default_factory=lambda: {'contrastive': 20, 'pretrain': 20, 'vqa': 20, 'caption': 20})
@@ -107,6 +116,7 @@ class OptimisationSection:
     def _check_optimisation(self):
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("batch_size and grad_accum must be >= 1")
+        _check_steps('steps', self.steps)
 
 # %% ../nbs/12_config.ipynb #1998cfd4
 @dataclass
@@ -124,6 +134,7 @@ class SelfTrainingSection:
     pseudo_student_init: str = 'teacher'   # a student's retrained stages start from its labeller, or 'pretrained'
 
     def _check_self_training(self):
+        _check_steps('pseudo_steps', self.pseudo_steps)
         if not 0 <= self.pseudo_precision <= 100:
             raise ValueError(f"pseudo_precision is a VQA accuracy in percent, got {self.pseudo_precision}")
         if not 0 <= self.pseudo_label < 1:

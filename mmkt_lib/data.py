@@ -23,9 +23,9 @@ from .shapescenes import make_shape_scenes  # re-exported: public API
 
 # %% auto #0
 __all__ = ['ANSWER_TYPE_SET', 'CLIP_MEAN', 'CLIP_STD', 'load_coco_captions', 'load_vqa', 'validate_vqa', 'vqa_paths', 'vqa_name',
-           'image_files', 'read_image', 'mentions_left_right', 'image_transform', 'CaptionDataset', 'VQADataset',
-           'CaptionCollate', 'VQACollate', 'ImageCaptionPairs', 'ImageSplit', 'collate_images', 'show_examples',
-           'question_family', 'dataset_stats']
+           'image_files', 'read_image', 'mentions_left_right', 'image_transform', 'DecodedImages', 'CaptionDataset',
+           'VQADataset', 'TextIds', 'CaptionCollate', 'VQACollate', 'ImageCaptionPairs', 'ImageSplit', 'collate_images',
+           'show_examples', 'question_family', 'dataset_stats']
 
 # %% ../nbs/02_data.ipynb #72647958
 def load_coco_captions(path) -> dict:
@@ -147,14 +147,41 @@ def image_transform(image_size: int, train: bool = False, random_crop: bool = Fa
     return v2.Compose([v2.ToImage(), *geo, v2.ToDtype(torch.float32, scale=True), *pix, v2.Normalize(mean, std)])
 
 # %% ../nbs/02_data.ipynb #311f377c
-def _maybe_flip(img: Image.Image, texts: Sequence[str], p: float) -> tuple[Image.Image, bool]:
-    if p > 0 and torch.rand(()).item() < p and not mentions_left_right(texts): return ImageOps.mirror(img), True
+class DecodedImages:
+    """Images decoded once, on first use, and kept in memory as uint8 tensors (3, H, W): `images(image_id)`. A 64 x 64
+    image takes 12 KB, a 10,000-image split 123 MB; reading and decoding a PNG costs about 0.5 ms each time. With
+    DataLoader workers each worker fills its own copy. Not for full-size COCO (about 1 MB an image decoded)."""
+    def __init__(self, files: dict): self.files, self._data = files, {}
+    def __len__(self): return len(self._data)
+
+    def __call__(self, image_id) -> torch.Tensor:
+        t = self._data.get(image_id)
+        if t is None:
+            t = torch.from_numpy(np.array(read_image(self.files[image_id]))).permute(2, 0, 1).contiguous()
+            self._data[image_id] = t
+        return t
+
+def _maybe_flip(img, texts: Sequence[str], p: float) -> tuple:
+    "Mirror a PIL image or a (C, H, W) tensor with probability `p`, unless a text says left or right."
+    if p > 0 and torch.rand(()).item() < p and not mentions_left_right(texts):
+        return (img.flip(-1) if torch.is_tensor(img) else ImageOps.mirror(img)), True
     return img, False
 
+class _FileImages:
+    "`image_id -> PIL image`, read and decoded on every call."
+    def __init__(self, files: dict): self.files = files
+    def __call__(self, image_id) -> Image.Image: return read_image(self.files[image_id])
+
+def _image_source(files: dict, cache: bool):
+    "`image_id -> image`: decoded on every call (a PIL image), or once and then held in memory (`DecodedImages`)."
+    return DecodedImages(files) if cache else _FileImages(files)
+
 class CaptionDataset(Dataset):
-    "COCO captions (real or ShapeScenes) under `root` for `split`: pairs, or images with all their captions."
+    """COCO captions (real or ShapeScenes) under `root` for `split`: pairs, or images with all their captions. With
+    `cache`, each image is decoded once and held in memory (`DecodedImages`)."""
     def __init__(
-        self, root, split: str, transform: Callable | None = None, per_image: bool = False, hflip: float = 0.0
+        self, root, split: str, transform: Callable | None = None, per_image: bool = False, hflip: float = 0.0,
+        cache: bool = False
     ):
         self.root, self.split, self.per_image, self.hflip = Path(root), split, per_image, hflip
         self.transform = transform or image_transform(224)
@@ -164,6 +191,7 @@ class CaptionDataset(Dataset):
         for a in coco['annotations']: self.captions[a['image_id']].append(a['caption'])
         self.image_ids = [im['id'] for im in coco['images'] if self.captions[im['id']]]
         self.pairs = [(a['image_id'], a['caption']) for a in coco['annotations']]
+        self.image = _image_source(self.files, cache)                   # image_id -> PIL image or uint8 tensor
 
     def __len__(self): return len(self.image_ids) if self.per_image else len(self.pairs)
 
@@ -174,7 +202,7 @@ class CaptionDataset(Dataset):
         else:
             iid, cap = self.pairs[i]
             texts = [cap]
-        img, flipped = _maybe_flip(read_image(self.files[iid]), texts, self.hflip)
+        img, flipped = _maybe_flip(self.image(iid), texts, self.hflip)
         item = {'image': self.transform(img), 'image_id': iid, 'flipped': flipped}
         if self.per_image:item['captions'] = texts
         else: item['caption'] = cap
@@ -184,9 +212,9 @@ class CaptionDataset(Dataset):
 class VQADataset(Dataset):
     """VQA v2 (real or ShapeScenes) under `root` for `split`, one item per image with all of its questions, or with
     `max_questions` of them drawn at random each time (training: text and fusion work scale with the questions, the
-    image is encoded once either way)."""
+    image is encoded once either way). With `cache`, each image is decoded once and held in memory."""
     def __init__(self, root, split: str, transform: Callable | None = None, name: str | None = None, hflip: float = 0.0,
-                 max_questions: int = 0):
+                 max_questions: int = 0, cache: bool = False):
         self.root, self.split, self.hflip, self.max_questions = Path(root), split, hflip, max_questions
         self.transform = transform or image_transform(224)
         qpath, apath = vqa_paths(self.root, split, name)
@@ -203,6 +231,7 @@ class VQADataset(Dataset):
             self.files = {i: files[i] for i in self.image_ids}
         else:  # COCO naming, e.g. test2015/COCO_test2015_000000000001.jpg
             self.files = {i: self.root / split / f'COCO_{split}_{i:012d}.jpg' for i in self.image_ids}
+        self.image = _image_source(self.files, cache)
 
     def __len__(self): return len(self.image_ids)
 
@@ -216,7 +245,7 @@ class VQADataset(Dataset):
             qs = [qs[j] for j in sorted(torch.randperm(len(qs))[: self.max_questions].tolist())]
         anns = [self.annotations[q['question_id']] for q in qs] if self.annotations is not None else None
         texts = [q['question'] for q in qs] + ([x['answer'] for a in anns for x in a['answers']] if anns else [])
-        img, flipped = _maybe_flip(read_image(self.files[iid]), texts, self.hflip)
+        img, flipped = _maybe_flip(self.image(iid), texts, self.hflip)
         item = {'image': self.transform(img), 'image_id': iid, 'flipped': flipped,
                 'question_ids': [q['question_id'] for q in qs], 'questions': [q['question'] for q in qs]}
         if anns is not None:
@@ -226,17 +255,36 @@ class VQADataset(Dataset):
         return item
 
 # %% ../nbs/02_data.ipynb #159fdbb1
+class TextIds:
+    """Token ids of texts, each distinct text tokenised once (questions and captions come back every epoch), padded on
+    the right to the longest text of the batch: the same `input_ids` / `attention_mask` as `tokenizer(texts,
+    padding=True, truncation=True, max_length=max_length)`."""
+    def __init__(self, tokenizer, max_length: int, limit: int = 2_000_000):
+        self.tok, self.max_length, self.limit, self._ids = tokenizer, max_length, limit, {}
+
+    def _lookup(self, texts: list[str]) -> list[list[int]]:
+        new = [t for t in dict.fromkeys(texts) if t not in self._ids]
+        fresh = dict(zip(new, self.tok(new, truncation=True, max_length=self.max_length)['input_ids'])) if new else {}
+        if len(self._ids) + len(fresh) <= self.limit: self._ids.update(fresh)   # bounded: real VQA has 1.1M questions
+        return [self._ids[t] if t in self._ids else fresh[t] for t in texts]
+
+    def __call__(self, texts: list[str]) -> dict:
+        rows = self._lookup(texts)
+        n, pad = max(map(len, rows)), self.tok.pad_token_id
+        if pad is None: raise ValueError("the tokenizer has no pad token: batches of texts of different lengths need one")
+        return {'input_ids': torch.tensor([r + [pad] * (n - len(r)) for r in rows]),
+                'attention_mask': torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows])}
+
 class CaptionCollate:
     "Batch `CaptionDataset` items: images (B,3,H,W), padded `input_ids` / `attention_mask` (B,L), `image_ids` (B,)."
-    def __init__(self, tokenizer, max_length: int = 40): self.tok, self.max_length = tokenizer, max_length
+    def __init__(self, tokenizer, max_length: int = 40):
+        self.tok, self.max_length, self.ids = tokenizer, max_length, TextIds(tokenizer, max_length)
 
     def __call__(self, items: list[dict]) -> dict:
         out = {'images': torch.stack([it['image'] for it in items]),
                'image_ids': torch.tensor([it['image_id'] for it in items])}
         if 'caption' in items[0]:
-            enc = self.tok([it['caption'] for it in items], padding=True, truncation=True,
-                           max_length=self.max_length, return_tensors='pt')
-            out.update(input_ids=enc['input_ids'], attention_mask=enc['attention_mask'])
+            out.update(self.ids([it['caption'] for it in items]))
         else: out['captions'] = [it['captions'] for it in items]
         return out
 
@@ -245,11 +293,12 @@ class VQACollate:
     `attention_mask` (Q,L); `image_index` (Q,) the image of each question; `targets` (Q,A) VQA soft scores."""
     def __init__(self, tokenizer, answer_vocab=None, max_length: int = 32):
         self.tok, self.vocab, self.max_length = tokenizer, answer_vocab, max_length
+        self.ids = TextIds(tokenizer, max_length)
         self._scores = {}   # answers -> soft scores: the official normalisation is slow and answer lists repeat a lot
 
     def __call__(self, items: list[dict]) -> dict:
         qs = [q for it in items for q in it['questions']]
-        enc = self.tok(qs, padding=True, truncation=True, max_length=self.max_length, return_tensors='pt')
+        enc = self.ids(qs)
         out = {'images': torch.stack([it['image'] for it in items]),
                'image_ids': torch.tensor([it['image_id'] for it in items]),
                'input_ids': enc['input_ids'], 'attention_mask': enc['attention_mask'],

@@ -67,13 +67,13 @@ class FusionLayer(nn.Module):
             self.i_norm3, self.i_mlp = ln(), Mlp(dim, int(dim * mlp_ratio), dropout=dropout)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, text, image, text_mask=None, return_attn: bool = False, image_index=None):
+    def forward(self, text, image, text_mask=None, return_attn: bool = False, image_index=None, queries: int = 0):
         """text (B, L, D), image (B, M, D), text_mask (B, L) True = real token -> (text, image, cross-attention maps).
         Without co-attention `image` may hold fewer rows (B', M, D) with `image_index` (B,) saying which one each text
-        reads.
+        reads. `queries` > 0: only the first `queries` text positions are computed (a last layer read out at one).
         """
         dp, self_mask = self.drop_path, (text_mask[:, None, None, :].bool() if text_mask is not None else None)
-        t = text + dp(self.t_self(self.t_norm1(text), self_mask)[0])
+        t = (text[:, :queries] if queries else text) + dp(self.t_self(self.t_norm1(text), self_mask, queries=queries)[0])
         a, attn = self.t_cross(self.t_norm2(t), image, None, return_attn, context_index=image_index)
         t = t + dp(a)
         t = t + dp(self.t_mlp(self.t_norm3(t)))
@@ -123,7 +123,8 @@ class LateFusion(_Projected):
         self.pool_mlp = nn.Sequential(nn.Linear(3 * D, D * 2), nn.GELU(), nn.Linear(D * 2, D), nn.LayerNorm(D))
         self.tok_mlp = nn.Sequential(nn.Linear(2 * D, D * 2), nn.GELU(), nn.Linear(D * 2, D), nn.LayerNorm(D))
 
-    def forward(self, image_tokens, text_tokens, text_mask=None, image_index=None, return_attn=False):
+    def forward(self, image_tokens, text_tokens, text_mask=None, image_index=None, return_attn=False,
+                pooled_only=False):   # accepted for a common interface: every position is computed
         # (Q, D): project once per image
         i = _gather_images(self.img(image_tokens[:, 0]), image_index)
         t_tok = self.txt(text_tokens)                                                      # (Q, L, D)
@@ -144,7 +145,8 @@ class EarlyFusion(_Projected):
                                      for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(D, eps=1e-6)
 
-    def forward(self, image_tokens, text_tokens, text_mask=None, image_index=None, return_attn=False):
+    def forward(self, image_tokens, text_tokens, text_mask=None, image_index=None, return_attn=False,
+                pooled_only=False):   # accepted for a common interface: every position is computed
         img = _gather_images(self.img(image_tokens), image_index) + self.modality[1]       # (Q, 1+N, D)
         txt = self.txt(text_tokens) + self.modality[0]                                     # (Q, L, D)
         L = txt.shape[1]
@@ -173,15 +175,19 @@ class CrossFusion(nn.Module):
         self.norm = nn.LayerNorm(D, eps=1e-6)
         self.img_norm = nn.LayerNorm(D, eps=1e-6) if cfg.co_attention else None
 
-    def forward(self, image_tokens, text_tokens, text_mask=None, image_index=None, return_attn=False):
+    def forward(self, image_tokens, text_tokens, text_mask=None, image_index=None, return_attn=False,
+                pooled_only=False):
+        """`pooled_only`: the last layer computes the first text position alone (all a classifier reads), and
+        `tokens` holds only it: about half the fusion's work with two layers."""
         img = self.img(image_tokens)                                                       # (B, 1+N, D): once per image
         if self.cfg.co_attention: img, image_index = _gather_images(img, image_index), None  # (Q, 1+N, D)
         t = self.txt(text_tokens)                                                          # (Q, L, D)
         maps = []
-        for layer in self.layers:
+        for k, layer in enumerate(self.layers):
             # without co-attention the image stream is the same for every question of an image: its keys and values
             # are projected once per image and gathered per question inside the cross-attention
-            t, img, a = layer(t, img, text_mask, return_attn, image_index)
+            last = pooled_only and k == len(self.layers) - 1
+            t, img, a = layer(t, img, text_mask, return_attn, image_index, queries=1 if last else 0)
             if return_attn: maps.append(a)
         t = self.norm(t)
         out = {'tokens': t, 'pooled': t[:, 0], 'attn': maps if return_attn else None}

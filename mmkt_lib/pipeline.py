@@ -159,16 +159,19 @@ class Pipeline:
         return image_transform(self.cfg.image_size, train=train, random_crop=crop, noise=self.cfg.noise)
 
     def _pairs(self):
-        ds = CaptionDataset(self.data, self.cfg.train_split, self.transform(True), per_image=True, hflip=self.cfg.hflip)
+        ds = CaptionDataset(self.data, self.cfg.train_split, self.transform(True), per_image=True, hflip=self.cfg.hflip,
+                            cache=self.cfg.cache_images)
         return ImageCaptionPairs(ds, self.cfg.seed), CaptionCollate(self.tok, self.cfg.context_length)
 
     def vqa_data(self, split, train):
         return (VQADataset(self.data, split, self.transform(train), hflip=self.cfg.hflip if train else 0.0,
+                           cache=self.cfg.cache_images,
                            max_questions=self.cfg.vqa_questions if train else 0),
                 VQACollate(self.tok, self.vocab, self.cfg.context_length))
 
     def _caption_pairs(self):
-        return (CaptionDataset(self.data, self.cfg.train_split, self.transform(True), hflip=self.cfg.hflip),
+        return (CaptionDataset(self.data, self.cfg.train_split, self.transform(True), hflip=self.cfg.hflip,
+                               cache=self.cfg.cache_images),
                 CaptionCollate(self.tok, self.cfg.context_length))
 
 # %% ../nbs/15_pipeline.ipynb #f6d3317e

@@ -82,9 +82,14 @@ class Attention(nn.Module):
         self.attn_dropout, self.proj_drop = attn_dropout, nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, return_attn: bool = False,
-                is_causal: bool = False):
+                is_causal: bool = False, queries: int = 0):
+        """`queries` > 0: only the first `queries` positions attend (to all of them) and come out, (B, queries, D);
+        what a read-out of one token needs from a last layer."""
         B, N, D = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
+        if queries:
+            if is_causal: raise ValueError("queries and is_causal do not combine")
+            q = q[:, :, :queries]                                                               # (B, h, n, d)
         if is_causal and attn_mask is not None:  # SDPA takes one or the other: fold causality into the mask
             causal = torch.ones(N, N, dtype=torch.bool, device=x.device).tril()
             attn_mask = (
@@ -102,7 +107,7 @@ class Attention(nn.Module):
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                                                  dropout_p=self.attn_dropout if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(B, N, D)                                             # (B, N, D)
+        out = out.transpose(1, 2).reshape(B, q.shape[2], D)                                    # (B, N, D)
         return self.proj_drop(self.proj(out)), attn
 
 # %% ../nbs/05_vit.ipynb #04709fde

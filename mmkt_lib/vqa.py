@@ -98,7 +98,7 @@ class VQAModel(nn.Module):
     def forward(self, images, input_ids, attention_mask=None, image_index=None, return_attn: bool = False):
         img_tok = self.clip.visual.forward_features(images)                         # (B, 1+N, Dv): once per image
         txt_tok = self.clip.text.forward_features(input_ids, attention_mask)        # (Q, L, Dt)
-        f = self.fusion(img_tok, txt_tok, attention_mask, image_index, return_attn)
+        f = self.fusion(img_tok, txt_tok, attention_mask, image_index, return_attn, pooled_only=not return_attn)
         logits = self.head(f['pooled'])                                             # (Q, A)
         return (logits, f['attn']) if return_attn else logits
 
