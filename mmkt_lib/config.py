@@ -47,6 +47,7 @@ class DataSection:
     # 'shapes' (generated), 'coco' (real COCO 2014 + VQA v2 under `data`), or 'files' (any root in those formats)
     source: str = 'shapes'
     preset: str = 'default'            # ShapeScenes preset
+    data_seed: int = 0                 # ShapeScenes' seed: `seed` varies the training, this the data set
     n_train: int = 200
     n_val: int = 50
     n_test: int = 50
@@ -70,6 +71,7 @@ class ModelSection:
     pretrained: str = ''               # a local Hugging Face CLIPModel directory (then the sizes below are ignored)
     init: str = ''                     # a run directory: each stage trained here starts from its `{stage}.safetensors`
     patch_size: int = 8
+    pos_embed: str = 'sincos'          # image positions: fixed 2-D 'sincos' (known from step 0) or 'learned'
     vision_dim: int = 96
     vision_depth: int = 3
     vision_heads: int = 3
@@ -89,6 +91,8 @@ class ModelSection:
     drop_path: float = 0.0             # stochastic depth in the image tower (model noise)
 
     def _check_model(self):
+        if self.pos_embed not in ('sincos', 'learned'):
+            raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {self.pos_embed!r}")
         if self.fusion not in ('late', 'early', 'cross'):
             raise ValueError(f"unknown fusion {self.fusion!r}")
 

@@ -55,7 +55,7 @@ def pretrain_model(cfg: RunConfig, tok, n_answers: int):
                                 depth=cfg.vision_depth, heads=cfg.vision_heads, text_dim=cfg.text_dim,
                                 text_depth=cfg.text_depth, text_heads=cfg.text_heads, vocab_size=len(tok),
                                 context_length=cfg.context_length, embed_dim=cfg.embed_dim,
-                                eot_token_id=tok.eos_token_id, drop_path=cfg.drop_path))
+                                eot_token_id=tok.eos_token_id, drop_path=cfg.drop_path, pos_embed=cfg.pos_embed))
     if len(tok) > clip.cfg.text.vocab_size:   # e.g. CLIP's tokenizer plus the mask token MLM needs
         if not cfg.pretrained:
             raise ValueError(f"tokenizer has {len(tok)} tokens but the text encoder only {clip.cfg.text.vocab_size}")
@@ -107,7 +107,7 @@ def prepare_data(cfg: RunConfig) -> Path:
     captions."""
     root = Path(cfg.data)
     if cfg.source == 'shapes':
-        make_shape_scenes(root, cfg.n_train, cfg.n_val, cfg.n_test, seed=cfg.seed, preset=cfg.preset)
+        make_shape_scenes(root, cfg.n_train, cfg.n_val, cfg.n_test, seed=cfg.data_seed, preset=cfg.preset)
     elif not (root / 'annotations' / f'captions_{cfg.train_split}.json').is_file():
         hint = ('run data_scripts/download_coco.sh and download_vqa.sh' if cfg.source == 'coco'
                 else 'source="files" expects a data root already in the COCO / VQA v2 formats')
@@ -381,16 +381,21 @@ def plot_losses(out: Path):
     _save(fig, Path(out) / 'loss_curves.png')
 
 def plot_captions(out: Path, pipe: Pipeline, n: int = 4):
-    "`OUT/captions.png`: `n` test images, each with the model's caption and a reference."
+    """`OUT/captions.png`: `n` test images, each with the model's caption and a reference; on ShapeScenes also the
+    caption's CHAIR_i (the share of its object mentions that match no object of the image, chapter 09b)."""
     import matplotlib.pyplot as plt
     cds = CaptionDataset(pipe.data, pipe.cfg.test_split, pipe.transform(False), per_image=True)
     by_id = {r['image_id']: r['caption'] for r in load_json(Path(out) / f'captions_{pipe.cfg.test_split}_results.json')}
-    fig, axs = plt.subplots(1, n, figsize=(13, 4))
+    scenes = Path(pipe.data) / f'scenes_{pipe.cfg.test_split}.json'
+    fig, axs = plt.subplots(1, n, figsize=(13, 4.6))
     for ax, i in zip(axs, range(n)):
         iid = cds.image_ids[i]
         ax.imshow(read_image(cds.files[iid]))
         ax.axis('off')
-        texts = ('model: ' + by_id.get(iid, ''), 'ref: ' + cds.captions[iid][0])
+        v = caption_truth([{'image_id': iid, 'caption': by_id[iid]}], scenes)['CHAIR_i'] if (
+            scenes.is_file() and by_id.get(iid)) else None
+        chair = f' (CHAIR_i {v:.0f}%)' if v is not None else ''
+        texts = ('model: ' + by_id.get(iid, '') + chair, 'ref: ' + cds.captions[iid][0])
         title = '\n'.join(textwrap.fill(t, 44) for t in texts)
         ax.set_title(title, fontsize=7)
     _save(fig, Path(out) / 'captions.png')
