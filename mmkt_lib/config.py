@@ -98,12 +98,12 @@ class ModelSection:
 
 # %% ../nbs/12_config.ipynb #252a0183
 def _check_steps(name: str, steps: dict):
-    "Each key a stage, each value a whole number of steps."
+    "Each value a whole number of steps (a stage of one's own, trained with chapter 14's `Trainer`, may have any name)."
     for stage, n in steps.items():
-        if stage not in STAGES:   # e.g. `steps={vqa:500}` on a command line, which YAML reads as one key 'vqa:500'
-            raise ValueError(f"{name}: unknown stage {stage!r}; stages are {list(STAGES)} (write {name}.vqa=500)")
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise ValueError(f"{name}.{stage} must be a whole number >= 0, got {n!r}")
+            # `steps={vqa:500}` on a command line: YAML reads one key 'vqa:500' with no value
+            hint = f" (write {name}.vqa=500 or '{name}={{vqa: 500}}')" if ':' in str(stage) else ''
+            raise ValueError(f"{name}.{stage} must be a whole number >= 0, got {n!r}{hint}")
 
 @dataclass
 class OptimisationSection:
