@@ -39,7 +39,9 @@ def test_bad_arguments_give_a_clear_error(tmp_path):
 
 def test_demo_tiny_writes_results_and_predict_works(tmp_path):
     "`mmkt demo --preset tiny` end to end: every results.json key of the trainer issue, figures; then `mmkt predict`."
-    r = run('mmkt', 'demo', '--preset', 'tiny', '--out', str(tmp_path / 'run'), '--data', str(tmp_path / 'data'), '--device', 'cpu')
+    r = run('mmkt', 'demo', '--preset', 'tiny', '--out', str(tmp_path / 'run'), '--data', str(tmp_path / 'data'), '--device', 'cpu',
+            'n_train=200', 'n_val=50', 'n_test=50', 'eval_every=20',
+            'steps={contrastive: 20, pretrain: 20, vqa: 40, caption: 40}')
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / 'run' / 'results.json').read_text())
     flat = {}

@@ -25,10 +25,11 @@ def test_soft_targets_on_hand_made_answer_lists():
     assert v.soft_scores([]) == {}
 
 
-class _Tok:  # just enough of a tokenizer for VQACollate
-    def __call__(self, texts, padding=True, truncation=True, max_length=32, return_tensors='pt'):
-        ids = torch.tensor([[1, 5 + len(t) % 7, 2] for t in texts])
-        return {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
+class _Tok:  # just enough of a tokenizer for VQACollate (which pads the ids itself, with `pad_token_id`)
+    pad_token_id = 0
+
+    def __call__(self, texts, truncation=True, max_length=32):
+        return {'input_ids': [[1, 5 + len(t) % 7, 2] for t in texts]}
 
 
 def test_vqa_collate_targets_and_loss():

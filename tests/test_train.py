@@ -98,8 +98,10 @@ def test_fsdp_gives_the_loss_curve_of_one_and_resumes(tmp_path, data, one):
     assert 'resuming from' in again.stdout
     _same_curve(one, out, 1e-4, processes=2)
     # the caption gradients differ slightly (the loss is a mean over each process's tokens), and Adam's normalised step
-    # moves a weight whose gradient is near zero by about lr per step either way: 2 runs x 2 steps x lr 1e-3 apart
-    for stage, tol in (('contrastive', 1e-4), ('vqa', 1e-4), ('caption', 2 * 2 * 1e-3)):
+    # moves a weight whose gradient is near zero by about lr per step either way: 2 runs x 2 steps x lr 1e-3 apart.
+    # VQA: the last text block's weights reach the answer only through the keys and values of the one position the last
+    # fusion layer computes; their gradients are small enough for the sharded reduction order to move them by ~1e-4
+    for stage, tol in (('contrastive', 1e-4), ('vqa', 5e-4), ('caption', 2 * 2 * 1e-3)):
         a, b = load_file(one / f'{stage}.safetensors'), load_file(out / f'{stage}.safetensors')
         assert a.keys() == b.keys()
         for k in a: assert a[k].shape == b[k].shape and torch.allclose(a[k], b[k], atol=tol), (stage, k, (a[k] - b[k]).abs().max())
