@@ -208,10 +208,11 @@ def _eval_fn(self, stage):
 
 @method_of(Pipeline)
 def val_vqa(self, model) -> dict:
-    "VQA accuracy of `model` on the validation split."
+    "VQA accuracy of `model` on the validation split, overall and per question family (`val_vqa_{family}`)."
     ds, col = self.vqa_data(self.cfg.val_split, False)
     preds = vqa_predictions(model, DataLoader(ds, batch_size=64, collate_fn=col), self.vocab)
-    return {'val_vqa': vqa_accuracy(*vqa_paths(self.data, self.cfg.val_split), preds)['overall']}
+    acc = vqa_accuracy(*vqa_paths(self.data, self.cfg.val_split), preds)
+    return {'val_vqa': acc['overall'], **{f'val_vqa_{f}': v for f, v in acc['per_family'].items()}}
 
 @method_of(Pipeline)
 def val_captions(self, model) -> dict:

@@ -46,7 +46,8 @@ def _link(target: Path, link: Path):
     link.symlink_to(Path(target).resolve())
 
 def _link_eval_splits(root: Path, out: Path, eval_splits):
-    "Link the evaluation splits' files and images of `root` into `out` unchanged (they are not part of the split)."
+    """Link the evaluation splits' files, images and (ShapeScenes) scene graphs of `root` into `out` unchanged (they
+    are not part of the split)."""
     for s in eval_splits:
         if not (root / 'annotations' / f'captions_{s}.json').is_file():
             continue
@@ -56,6 +57,8 @@ def _link_eval_splits(root: Path, out: Path, eval_splits):
         if ap is not None:
             _link(ap, out / ap.name)
         _link(root / s, out / s)
+        if (root / f'scenes_{s}.json').is_file():   # caption truth (chapter 09b) reads them
+            _link(root / f'scenes_{s}.json', out / f'scenes_{s}.json')
 
 def make_semi_supervised(root, out, fraction: float, seed: int = 0, split: str = 'train',
                          eval_splits=('val', 'test')) -> dict:
