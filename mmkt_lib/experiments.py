@@ -21,7 +21,7 @@ from .pipeline import run_pipeline
 from .grid import ROOT, from_root
 
 # %% auto #0
-__all__ = ['RECORD', 'ABLATIONS', 'CAPTION_KEYS', 'RELATIONAL', 'ablation_config', 'run_ablation', 'paired_bootstrap',
+__all__ = ['RECORD', 'ABLATIONS', 'CAPTION_KEYS', 'RELATIONAL', 'ablation_config', 'run_ablation', 'paired_bootstrap', 'test_vqa',
            'summarise', 'compare', 'show', 'plot_ablations', 'seed_bootstrap', 'cell_scores', 'collect_budgets',
            'plot_budgets', 'show_budgets', 'claims_table', 'show_claims', 'sort_of_clevr_record']
 
@@ -75,16 +75,22 @@ def paired_bootstrap(acc_a: dict, acc_b: dict, image_of: dict, n: int = 2000, se
     return {'diff': round(float(point), 2), 'lo': round(float(lo), 2), 'hi': round(float(hi), 2)}
 
 # %% ../nbs/17_experiments.ipynb #3eaa61ea
-def summarise(run: Path) -> dict:
-    "One run's headline numbers, its VQA loss curve, and per-question test accuracies (for `compare`)."
+def test_vqa(run) -> tuple[dict, Path, str, dict, dict]:
+    """A run's `results.json`, its data root, its test split, its per-question test VQA accuracies (the official
+    metric) and the test questions by id."""
     run = Path(run)
     r = load_json(run / 'results.json')
-    cfg = r['config']
-    rows = [json.loads(l) for l in (run / 'metrics.jsonl').read_text().splitlines()]
-    split = cfg['test_split']
-    data = from_root(cfg['data'])
+    split = r['config']['test_split']
+    data = from_root(r['config']['data'])
     per_q = vqa_accuracy(*vqa_paths(data, split), run / f'vqa_{split}_results.json', per_question=True)['per_question']
-    qs, _ = load_vqa(*vqa_paths(data, split))
+    qs, anns = load_vqa(*vqa_paths(data, split))
+    return r, data, split, per_q, {q['question_id']: {**q, **anns[q['question_id']]} for q in qs}
+
+def summarise(run: Path) -> dict:
+    "One run's headline numbers, its VQA loss curve, and per-question test accuracies (for `compare`)."
+    r, _, _, per_q, qs = test_vqa(run)
+    cfg = r['config']
+    rows = [json.loads(l) for l in (Path(run) / 'metrics.jsonl').read_text().splitlines()]
     return {
         'vqa': r['vqa']['overall'],
         'per_family': r['vqa']['per_family'],
@@ -97,7 +103,7 @@ def summarise(run: Path) -> dict:
         'prior_vqa': r['baseline']['prior_vqa'],
         'vqa_loss': [(x['step'], x['loss']) for x in rows if x['stage'] == 'vqa' and 'loss' in x],
         '_per_question': per_q,
-        '_image_of': {q['question_id']: q['image_id'] for q in qs},
+        '_image_of': {q: x['image_id'] for q, x in qs.items()},
     }
 
 def compare(runs: dict, reference: str = 'full') -> dict:
@@ -179,23 +185,17 @@ CAPTION_KEYS = ('Bleu_4', 'METEOR', 'CIDEr', 'CHAIR_i', 'CHAIR_s')
 
 def cell_scores(run) -> dict:
     "Headline numbers of one fine-tuning run, with per-question VQA and per-image CIDEr-D scores (`_per_*`)."
-    run = Path(run)
-    r = load_json(run / 'results.json')
-    cfg = r['config']
-    split = cfg['test_split']
-    data = from_root(cfg['data'])
-    per_q = vqa_accuracy(*vqa_paths(data, split), run / f'vqa_{split}_results.json', per_question=True)['per_question']
-    qs, anns = load_vqa(*vqa_paths(data, split))
+    r, data, split, per_q, qs = test_vqa(run)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        cm = caption_metrics(data / 'annotations' / f'captions_{split}.json', run / f'captions_{split}_results.json',
-                             metrics=('CIDEr',), per_image=True)
+        cm = caption_metrics(data / 'annotations' / f'captions_{split}.json',
+                             Path(run) / f'captions_{split}_results.json', metrics=('CIDEr',), per_image=True)
     return {'vqa': r['vqa']['overall'], 'per_family': r['vqa']['per_family'], 'prior_vqa': r['baseline']['prior_vqa'],
             **{k: r['caption'].get(k) for k in CAPTION_KEYS},
             'seconds': round(sum(v for k, v in r['seconds'].items() if k not in ('pseudo', 'data')), 1),
             '_per_question': per_q, '_per_image_cider': {i: v['CIDEr'] for i, v in cm['per_image'].items()},
-            '_image_of': {q['question_id']: q['image_id'] for q in qs},
-            '_family_of': {q: question_family(a) for q, a in anns.items()}}
+            '_image_of': {q: x['image_id'] for q, x in qs.items()},
+            '_family_of': {q: question_family(x) for q, x in qs.items()}}
 
 def _mean_range(xs: list) -> dict:
     xs = [x for x in xs if x is not None]

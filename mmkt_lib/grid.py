@@ -47,8 +47,8 @@ def label_root(root, fraction: float, seed: int = 0) -> tuple[Path, str]:
     if fraction == 1: return root, 'train'
     data_tokenizer(root, verbose=False)                  # the full root's, trained once on all its captions
     out = root.parent / f'{root.name}_labels{fraction:g}_seed{seed}'
-    if not (out / 'semi.json').is_file(): make_semi_supervised(root, out, fraction, seed)
-    shutil.copyfile(root / 'tokenizer.json', out / 'tokenizer.json')
+    if not (out / 'semi.json').is_file():
+        make_semi_supervised(root, out, fraction, seed, tokenizer=root / 'tokenizer.json')
     return out, 'labelled'
 
 # %% ../nbs/16c_grid.ipynb #67fcbd3c

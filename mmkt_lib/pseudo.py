@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import shutil
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -61,9 +62,11 @@ def _link_eval_splits(root: Path, out: Path, eval_splits):
             _link(root / f'scenes_{s}.json', out / f'scenes_{s}.json')
 
 def make_semi_supervised(root, out, fraction: float, seed: int = 0, split: str = 'train',
-                         eval_splits=('val', 'test')) -> dict:
+                         eval_splits=('val', 'test'), tokenizer=None) -> dict:
     """Write the semi-supervised data root `out` from `root`'s `split`: a labelled part (`fraction` of the images,
-    with all their labels) and an unlabelled part (images and questions only). Returns the manifest (no labels)."""
+    with all their labels) and an unlabelled part (images and questions only). Returns the manifest (no labels).
+    The tokenizer is trained on what the root may see (labelled captions, all questions), or copied from `tokenizer`
+    (a `tokenizer.json`, e.g. the full root's, so that runs at every label budget share one vocabulary)."""
     root, out = Path(root), Path(out)
     coco = load_coco_captions(root / 'annotations' / f'captions_{split}.json')
     name = vqa_name(root, split)
@@ -87,9 +90,14 @@ def make_semi_supervised(root, out, fraction: float, seed: int = 0, split: str =
     for s in ('labelled', 'unlabelled'):
         _link(root / split, out / s)
     _link_eval_splits(root, out, eval_splits)
-    texts = [a['caption'] for a in coco['annotations'] if a['image_id'] in L] + [q['question'] for q in qs]
-    train_wordpiece(texts, 8000, 1, save_path=out / 'tokenizer.json')
+    if tokenizer is not None:
+        if not Path(tokenizer).is_file(): raise FileNotFoundError(f"{tokenizer}: no such tokenizer file")
+        shutil.copyfile(tokenizer, out / 'tokenizer.json')
+    else:
+        texts = [a['caption'] for a in coco['annotations'] if a['image_id'] in L] + [q['question'] for q in qs]
+        train_wordpiece(texts, 8000, 1, save_path=out / 'tokenizer.json')
     manifest = {'source': str(root.resolve()), 'split': split, 'fraction': fraction, 'seed': seed, 'vqa_name': name,
+                'tokenizer': str(Path(tokenizer).resolve()) if tokenizer is not None else 'trained',
                 'labelled_images': len(lab), 'unlabelled_images': len(unl),
                 'labelled_questions': len(q_lab), 'unlabelled_questions': len(q_unl)}
     save_json(manifest, out / 'semi.json', indent=1)
