@@ -14,8 +14,8 @@ from torch import nn
 from .vit import Attention, Block, DropPath, Mlp
 
 # %% auto #0
-__all__ = ['FUSIONS', 'CrossAttention', 'FusionLayer', 'FusionConfig', 'LateFusion', 'EarlyFusion', 'CrossFusion', 'build_fusion',
-           'text_to_patch_attention']
+__all__ = ['READOUTS', 'FUSIONS', 'CrossAttention', 'FusionLayer', 'eot_first', 'FusionConfig', 'LateFusion', 'EarlyFusion',
+           'CrossFusion', 'build_fusion', 'text_to_patch_attention']
 
 # %% ../nbs/07_cross_attention.ipynb #03d0faf7
 class CrossAttention(nn.Module):
@@ -87,6 +87,17 @@ class FusionLayer(nn.Module):
         return t, image, attn
 
 # %% ../nbs/07_cross_attention.ipynb #606e02e9
+READOUTS = ('eot', 'first')
+
+def eot_first(text_tokens: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+    "(Q, L, D) text states -> (Q, L, D) with each row's end-of-text state (its last real token) at position 0."
+    Q, L = text_tokens.shape[:2]
+    if text_mask is None: last = torch.full((Q,), L - 1, dtype=torch.long, device=text_tokens.device)
+    else: last = text_mask.long().sum(1) - 1                                               # (Q,) right padding
+    eot = text_tokens[torch.arange(Q, device=text_tokens.device), last]                   # (Q, D)
+    return torch.cat([eot[:, None], text_tokens[:, 1:]], 1)
+
+# %% ../nbs/07_cross_attention.ipynb #7627acad
 @dataclass
 class FusionConfig:
     image_dim: int = 768        # width of the ViT's tokens
@@ -97,6 +108,14 @@ class FusionConfig:
     mlp_ratio: float = 4.0
     co_attention: bool = False  # cross fusion: let the image stream attend to the text as well
     dropout: float = 0.0
+    readout: str = 'eot'        # what text position 0 holds: 'eot' the end-of-text state, 'first' its own ([BOS])
+
+    def __post_init__(self):
+        if self.readout not in READOUTS: raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
+
+def _read_out(cfg: FusionConfig, text_tokens, text_mask):
+    "The text states a fusion module starts from: with `readout='eot'`, the end-of-text state at position 0."
+    return eot_first(text_tokens, text_mask) if cfg.readout == 'eot' else text_tokens
 
 def _gather_images(image_tokens, image_index):
     "The image tokens of each question (Q, 1+N, Dv); `index_select`, whose backward sums repeated rows in a fixed order."
@@ -133,7 +152,7 @@ class LateFusion(_Projected):
         tokens = self.tok_mlp(torch.cat([t_tok, i[:, None].expand_as(t_tok)], -1))         # (Q, L, D)
         return {'tokens': tokens, 'pooled': pooled, 'attn': [] if return_attn else None}
 
-# %% ../nbs/07_cross_attention.ipynb #89fc620f
+# %% ../nbs/07_cross_attention.ipynb #72a3b1c1
 class EarlyFusion(_Projected):
     "One transformer over [text tokens; image tokens] (+ modality embeddings); text positions are read out."
     def __init__(self, cfg: FusionConfig):
@@ -148,7 +167,7 @@ class EarlyFusion(_Projected):
     def forward(self, image_tokens, text_tokens, text_mask=None, image_index=None, return_attn=False,
                 pooled_only=False):   # accepted for a common interface: every position is computed
         img = _gather_images(self.img(image_tokens), image_index) + self.modality[1]       # (Q, 1+N, D)
-        txt = self.txt(text_tokens) + self.modality[0]                                     # (Q, L, D)
+        txt = self.txt(_read_out(self.cfg, text_tokens, text_mask)) + self.modality[0]     # (Q, L, D)
         L = txt.shape[1]
         x = torch.cat([txt, img], 1)                                                       # (Q, L+1+N, D)
         mask = None
@@ -181,7 +200,7 @@ class CrossFusion(nn.Module):
         `tokens` holds only it: about half the fusion's work with two layers."""
         img = self.img(image_tokens)                                                       # (B, 1+N, D): once per image
         if self.cfg.co_attention: img, image_index = _gather_images(img, image_index), None  # (Q, 1+N, D)
-        t = self.txt(text_tokens)                                                          # (Q, L, D)
+        t = self.txt(_read_out(self.cfg, text_tokens, text_mask))                          # (Q, L, D)
         maps = []
         for k, layer in enumerate(self.layers):
             # without co-attention the image stream is the same for every question of an image: its keys and values

@@ -66,8 +66,8 @@ def pretrain_model(cfg: RunConfig, tok, n_answers: int):
             new.weight[old.num_embeddings:] = old.weight.mean(0)
         clip.text.token_embedding = new
         clip.cfg.text = clip.text.cfg = dataclasses.replace(clip.cfg.text, vocab_size=len(tok))
-    pre = VLPretrainModel(clip, tok, PretrainConfig(cfg.fusion, FusionConfig(dim=cfg.fusion_dim, depth=cfg.fusion_depth,
-                                                                             heads=cfg.fusion_heads)))
+    fc = FusionConfig(dim=cfg.fusion_dim, depth=cfg.fusion_depth, heads=cfg.fusion_heads, readout=cfg.fusion_readout)
+    pre = VLPretrainModel(clip, tok, PretrainConfig(cfg.fusion, fc))
     return pre
 
 def vqa_model(pre, n_answers):
@@ -345,7 +345,10 @@ def load_run(run) -> Pipeline:
     run = Path(run)
     if not (run / 'config.yaml').is_file():
         raise FileNotFoundError(f"{run / 'config.yaml'}: not a run directory")
-    return Pipeline(load_config(run / 'config.yaml', {'out': str(run)}), verbose=False).load_trained()
+    over = {'out': str(run)}
+    # a run's config.yaml names every field: one without `fusion_readout` was trained reading out at [BOS]
+    if 'fusion_readout:' not in (run / 'config.yaml').read_text(): over['fusion_readout'] = 'first'
+    return Pipeline(load_config(run / 'config.yaml', over), verbose=False).load_trained()
 
 # %% ../nbs/15_pipeline.ipynb #24b0043d
 def _flatten(d: dict, prefix: str = '') -> dict:
