@@ -84,7 +84,7 @@ class ModelSection:
     fusion_dim: int = 96
     fusion_depth: int = 2
     fusion_heads: int = 3
-    fusion_readout: str = 'eot'        # what the fusion reads out: the end-of-text state ('eot') or [BOS] ('first')
+    fusion_readout: str = 'first'      # what the fusion reads out: [BOS] ('first') or the end-of-text state ('eot')
     decoder: str = 'cross'             # 'cross' or 'prefix'
     decoder_dim: int = 96
     decoder_depth: int = 2
@@ -96,8 +96,8 @@ class ModelSection:
             raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {self.pos_embed!r}")
         if self.fusion not in ('late', 'early', 'cross'):
             raise ValueError(f"unknown fusion {self.fusion!r}")
-        if self.fusion_readout not in ('eot', 'first'):
-            raise ValueError(f"fusion_readout must be 'eot' or 'first', got {self.fusion_readout!r}")
+        if self.fusion_readout not in ('first', 'eot'):
+            raise ValueError(f"fusion_readout must be 'first' or 'eot', got {self.fusion_readout!r}")
 
 # %% ../nbs/12_config.ipynb #252a0183
 def _check_steps(name: str, steps: dict):

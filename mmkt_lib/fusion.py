@@ -87,7 +87,7 @@ class FusionLayer(nn.Module):
         return t, image, attn
 
 # %% ../nbs/07_cross_attention.ipynb #606e02e9
-READOUTS = ('eot', 'first')
+READOUTS = ('first', 'eot')
 
 def eot_first(text_tokens: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
     "(Q, L, D) text states -> (Q, L, D) with each row's end-of-text state (its last real token) at position 0."
@@ -108,7 +108,7 @@ class FusionConfig:
     mlp_ratio: float = 4.0
     co_attention: bool = False  # cross fusion: let the image stream attend to the text as well
     dropout: float = 0.0
-    readout: str = 'eot'        # what text position 0 holds: 'eot' the end-of-text state, 'first' its own ([BOS])
+    readout: str = 'first'      # what text position 0 holds: 'first' its own ([BOS]), 'eot' the end-of-text state
 
     def __post_init__(self):
         if self.readout not in READOUTS: raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")

@@ -345,10 +345,7 @@ def load_run(run) -> Pipeline:
     run = Path(run)
     if not (run / 'config.yaml').is_file():
         raise FileNotFoundError(f"{run / 'config.yaml'}: not a run directory")
-    over = {'out': str(run)}
-    # a run's config.yaml names every field: one without `fusion_readout` was trained reading out at [BOS]
-    if 'fusion_readout:' not in (run / 'config.yaml').read_text(): over['fusion_readout'] = 'first'
-    return Pipeline(load_config(run / 'config.yaml', over), verbose=False).load_trained()
+    return Pipeline(load_config(run / 'config.yaml', {'out': str(run)}), verbose=False).load_trained()
 
 # %% ../nbs/15_pipeline.ipynb #24b0043d
 def _flatten(d: dict, prefix: str = '') -> dict:
