@@ -33,7 +33,9 @@ setup(
         'Natural Language :: ' + cfg['language'].title(),
     ] + ['Programming Language :: Python :: ' + v for v in py_versions[py_versions.index(min_python):]],
     url=cfg['git_url'],
-    packages=setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']),
+    # namespace discovery, so that mmkt_lib/configs (the named YAML configurations, listed in MANIFEST.in) ships too
+    packages=setuptools.find_namespace_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*'],
+                                                exclude=['*.__pycache__']),
     include_package_data=True,
     install_requires=requirements,
     extras_require={'dev': dev_requirements},

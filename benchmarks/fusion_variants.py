@@ -8,7 +8,7 @@ stage alone from random weights on ShapeScenes, compared by validation accuracy 
     # a table of finished runs (validation VQA every --eval-every steps, per family at the end):
     python benchmarks/fusion_variants.py table runs/fv/*
 
-Variants (everything else is configs/shapes_default.yaml; extra `key=value` arguments override it, e.g.
+Variants (everything else is mmkt_lib/configs/shapes_default.yaml; extra `key=value` arguments override it, e.g.
 `fusion_readout=eot`, `vision_depth=0`, `seed=1`):
 - `cross`:  the library's cross-attention fusion
 - `sharp`:  the same with the cross-attention logits multiplied by --sharpness (a colder softmax from step 0)

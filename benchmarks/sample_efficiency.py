@@ -5,7 +5,7 @@
     # several runs -> one figure and a markdown table:
     python benchmarks/sample_efficiency.py plot runs/se/* --figure benchmarks/sample_efficiency.png
 
-Variants (the image tower's stem and positions; everything else is configs/shapes_default.yaml):
+Variants (the image tower's stem and positions; everything else is mmkt_lib/configs/shapes_default.yaml):
 - `patch-learned`: 8x8 patches, learned positions initialised at std 0.02 (ViT / CLIP)
 - `patch-sincos`:  8x8 patches, fixed 2-D sine-cosine positions (the demo's default)
 - `conv-sincos`:   a convolutional stem (three 3x3 stride-2 convolutions, 24/48/96 channels, GroupNorm, GELU, then a

@@ -1,6 +1,6 @@
 """Training throughput of the demo's model on this machine, stage by stage, and where a step's time goes.
 
-    python benchmarks/train_throughput.py                   # the demo configuration (configs/shapes_default.yaml)
+    python benchmarks/train_throughput.py                   # the demo configuration (mmkt_lib/configs/shapes_default.yaml)
     python benchmarks/train_throughput.py --steps 30 --record
 
 For each stage it builds the model, data set and collate function exactly as the pipeline does (`Pipeline.stage_model`,

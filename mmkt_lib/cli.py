@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument('--device', default=None, choices=['cpu', 'cuda'], help='force the CPU, or require CUDA')
     m.add_argument('overrides', nargs='*', help='config overrides key=value')
     t = sub.add_parser('train', help='train the stages of a config (works under `accelerate launch -m mmkt_lib.cli`)')
-    t.add_argument('--config', required=True, help='a YAML file or the name of one in configs/')
+    t.add_argument('--config', required=True, help='a YAML file or the name of one in mmkt_lib/configs/')
     t.add_argument('--eval', action='store_true', help='evaluate on the test split and write results.json afterwards '
                    '(always with pseudo_label > 0: self-training compares its models)')
     t.add_argument('overrides', nargs='*', help='config overrides key=value (e.g. stages=[vqa] steps.vqa=500 lr=3e-4)')

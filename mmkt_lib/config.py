@@ -14,8 +14,8 @@ import yaml
 from .core import DataError
 
 # %% auto #0
-__all__ = ['STAGES', 'SECTIONS', 'RunSection', 'DataSection', 'ModelSection', 'OptimisationSection', 'SelfTrainingSection',
-           'RunConfig', 'load_config', 'config_yaml']
+__all__ = ['STAGES', 'SECTIONS', 'CONFIG_DIR', 'RunSection', 'DataSection', 'ModelSection', 'OptimisationSection',
+           'SelfTrainingSection', 'RunConfig', 'load_config', 'config_yaml']
 
 # %% ../nbs/12_config.ipynb #cb7d3539
 STAGES = ('contrastive', 'pretrain', 'vqa', 'caption')
@@ -187,12 +187,14 @@ def _coerce(f: dataclasses.Field, value: str):
         raise ValueError(f"{f.name} expects {t}, got {value!r}")
     return v
 
+CONFIG_DIR = Path(__file__).resolve().parent / 'configs'   # the named configurations, inside the package
+
 def _read_yaml(path_or_name: str) -> dict:
-    """The fields set by a YAML file, or by the file of that name in `configs/` (shipped inside the package, or beside
-    it)."""
+    """The fields set by a YAML file, or by the file of that name in `mmkt_lib/configs/` (package data: it ships in
+    the wheel)."""
     p = Path(path_or_name)
     if not p.suffix and not p.exists():
-        p = Path(__file__).resolve().parent.parent / 'configs' / f'{path_or_name}.yaml'
+        p = CONFIG_DIR / f'{path_or_name}.yaml'
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such config file")
     try:
@@ -219,8 +221,8 @@ def _override(vals: dict, key: str, value, byname: dict):
 
 # %% ../nbs/12_config.ipynb #85244555
 def load_config(path_or_name: str | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
-    """A `RunConfig` from a YAML file (or the name of one in `configs/`) plus `key=value` overrides (`steps.vqa=100`
-    works)."""
+    """A `RunConfig` from a YAML file (or the name of one in `mmkt_lib/configs/`) plus `key=value` overrides
+    (`steps.vqa=100` works)."""
     data = _read_yaml(path_or_name) if path_or_name else {}
     byname = {f.name: f for f in fields(RunConfig)}
     unknown = [k for k in data if k not in byname]

@@ -80,7 +80,7 @@ def fusion_task(base: str, fusion: str, data, seed: int, out_root, **common) -> 
 
 # %% ../nbs/16c_grid.ipynb #6e0af025
 def sort_of_clevr_task(fusion: str, seed: int, out_root, **common) -> dict:
-    "A VQA-only run on Sort-of-CLEVR (`configs/sort_of_clevr.yaml`) with fusion `fusion`."
+    "A VQA-only run on Sort-of-CLEVR (`mmkt_lib/configs/sort_of_clevr.yaml`) with fusion `fusion`."
     out = Path(out_root) / f'sort_of_clevr_{fusion}_seed{seed}'
     over = {'stages': '[vqa]', 'pseudo_label': '0', **common, 'fusion': fusion, 'seed': str(seed), 'out': str(out)}
     return {'base': 'sort_of_clevr', 'over': over, 'links': {}, 'train_only': False, 'vqa_only': True, 'out': str(out),
