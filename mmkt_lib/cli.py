@@ -164,9 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_data(args) -> int:
     if args.source != 'shapes':
         return fetch_real(args.source, args.out)
+    t = time.time()
     m = make_shape_scenes(args.out, args.n_train, args.n_val, args.n_test, image_size=args.image_size,
                           seed=args.seed, preset=args.preset, overwrite=args.overwrite, verbose=True)
-    print(f"ShapeScenes ({args.preset}) in {args.out}: {m['total_seconds']:.1f} s")
+    print(f"ShapeScenes ({args.preset}) in {args.out}: {time.time() - t:.1f} s")
     if m['counts']['train']:
         data_tokenizer(args.out)
     for split, n in m['counts'].items():

@@ -141,6 +141,19 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, data, one):
     _same_curve(one, tmp_path / 'resumed', 1e-5)
 
 
+def test_the_same_run_twice_writes_the_same_bytes_apart_from_wall_clock_time(tmp_path, data, one):
+    "README's determinism claim: identical weights, losses and metrics; only the `seconds` fields differ."
+    r = _train(tmp_path / 'again', data)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for stage in ('contrastive', 'vqa', 'caption'):
+        assert (one / f'{stage}.safetensors').read_bytes() == (tmp_path / 'again' / f'{stage}.safetensors').read_bytes()
+    strip = lambda out: [{k: v for k, v in json.loads(line).items() if k != 'seconds'}
+                         for line in (Path(out) / 'metrics.jsonl').read_text().splitlines()]
+    assert strip(one) == strip(tmp_path / 'again')
+    assert (one / 'config.yaml').read_text().replace(str(one), '') == \
+        (tmp_path / 'again' / 'config.yaml').read_text().replace(str(tmp_path / 'again'), '')
+
+
 class _Toy(torch.utils.data.Dataset):
     def __len__(self): return 64
     def __getitem__(self, i): return torch.tensor([float(i % 7), 1.0]), torch.tensor(float(i % 7))
