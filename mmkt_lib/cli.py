@@ -61,6 +61,7 @@ def format_results(r: dict) -> str:
             kept = f"pseudo-answers kept {p['coverage']:.1f}% at precision {p['precision']:.1f}%"
         lines.append(f"self-training with {p['label_fraction']:.0%} of the labels: VQA teacher {p['teacher_vqa']:.2f}, "
                      f"student {p['student_vqa']:.2f}, fully supervised {sup:.2f}; {kept}")
+    if 'skipped' in r: lines.append('not scored: ' + '; '.join(f"{k} ({v})" for k, v in r['skipped'].items()))
     if 'seconds' in r: lines.append('seconds: ' + ', '.join(f"{k} {v:.0f}" for k, v in r['seconds'].items()))
     return '\n'.join(lines)
 
@@ -87,25 +88,25 @@ def run_demo(preset: str = 'default', overrides: list[str] | None = None, quiet:
 
 # %% ../nbs/90_cli.ipynb #485aacc6
 def predict(run: str, image: str, questions: list[str], beam_size: int | None = None) -> dict:
-    "Answer `questions` about one image and caption it, with the models of a finished run."
-    run = Path(run)
-    pipe = load_run(run)
+    """Answer `questions` about one image and caption it, with the models of a finished run (`answers` / `caption`
+    are None when the run did not train that stage)."""
+    pipe = load_run(Path(run))
     x = pipe.transform(False)(read_image(image))[None]
+    out = {'answers': None, 'caption': None}
     with torch.no_grad():
-        enc = pipe.tok(questions, padding=True, return_tensors='pt')
-        logits = pipe.vqa.eval()(
-            x, enc['input_ids'], enc['attention_mask'], torch.zeros(len(questions), dtype=torch.long)
-        )
-        ids = dict(bos_id=pipe.tok.bos_token_id, eos_id=pipe.tok.eos_token_id, pad_id=pipe.tok.pad_token_id,
-                   max_length=pipe.cfg.context_length - 2)
-        k = beam_size or pipe.cfg.beam_size
-        seq = (
-            greedy_decode(pipe.captioner.eval(), x, **ids)
-            if k == 1
-            else beam_search(pipe.captioner.eval(), x, beam_size=k, **ids)
-        )
-    return {'answers': [pipe.vocab.itos[i] for i in logits.argmax(-1).tolist()],
-            'caption': pipe.tok.decode(seq[0], skip_special_tokens=True).strip()}
+        if pipe.vqa is not None:
+            enc = pipe.tok(questions, padding=True, return_tensors='pt')
+            logits = pipe.vqa.eval()(x, enc['input_ids'], enc['attention_mask'],
+                                     torch.zeros(len(questions), dtype=torch.long))
+            out['answers'] = [pipe.vocab.itos[i] for i in logits.argmax(-1).tolist()]
+        if pipe.captioner is not None:
+            ids = dict(bos_id=pipe.tok.bos_token_id, eos_id=pipe.tok.eos_token_id, pad_id=pipe.tok.pad_token_id,
+                       max_length=pipe.cfg.context_length - 2)
+            k = beam_size or pipe.cfg.beam_size
+            seq = (greedy_decode(pipe.captioner.eval(), x, **ids) if k == 1
+                   else beam_search(pipe.captioner.eval(), x, beam_size=k, **ids))
+            out['caption'] = pipe.tok.decode(seq[0], skip_special_tokens=True).strip()
+    return out
 
 # %% ../nbs/90_cli.ipynb #35449b42
 def _script(name: str) -> Path | None:
@@ -202,9 +203,11 @@ def _cmd_eval(args) -> int:
 def _cmd_predict(args) -> int:
     questions = args.question or ['How many objects are there?']
     out = predict(args.run, args.image, questions, args.beam_size)
-    for q, a in zip(questions, out['answers']):
+    for q, a in zip(questions, out['answers'] or []):
         print(f"Q: {q}\nA: {a}")
-    print(f"caption: {out['caption']}")
+    if out['answers'] is None: print(f"no answers: the vqa stage was not trained in {args.run}")
+    print(f"caption: {out['caption']}" if out['caption'] is not None
+          else f"no caption: the caption stage was not trained in {args.run}")
     return 0
 
 COMMANDS = {'data': _cmd_data, 'demo': _cmd_demo, 'train': _cmd_train, 'eval': _cmd_eval, 'predict': _cmd_predict}

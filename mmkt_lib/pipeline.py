@@ -40,8 +40,8 @@ from .vqa import AnswerVocab, VQAModel, show_vqa_examples, vqa_loss, vqa_predict
 
 # %% auto #0
 __all__ = ['STAGE_LOSSES', 'pretrain_model', 'vqa_model', 'captioner_model', 'prepare_data', 'Pipeline', 'val_vqa',
-           'val_captions', 'stage_data', 'stage_model', 'train', 'load_trained', 'evaluate', 'load_run', 'plot_losses',
-           'plot_captions', 'plot_run', 'device_info', 'run_pipeline']
+           'val_captions', 'stage_data', 'stage_model', 'train', 'trained_stages', 'load_trained', 'evaluate',
+           'load_run', 'plot_losses', 'plot_captions', 'plot_run', 'device_info', 'run_pipeline']
 
 # %% ../nbs/15_pipeline.ipynb #898c36a4
 def pretrain_model(cfg: RunConfig, tok, n_answers: int):
@@ -258,15 +258,24 @@ def train(self, stages=None):
     return self
 
 @method_of(Pipeline)
+def trained_stages(self) -> list[str]:
+    "The stages whose final weights are in the run directory, in pipeline order."
+    return [s for s in STAGES if (self.out / f'{s}.safetensors').is_file()]
+
+@method_of(Pipeline)
 def load_trained(self):
-    "Load every stage's saved weights (for evaluation and prediction)."
+    """Load the weights of every stage the run trained (for evaluation and prediction); `vqa` / `captioner` stay None
+    when their stage was not trained. A run directory without any trained stage is an error."""
+    trained = self.trained_stages()
+    if not trained:
+        raise FileNotFoundError(f"{self.out}: no trained stage in this run (none of "
+                                f"{', '.join(s + '.safetensors' for s in STAGES)})")
     for name, model in (('contrastive', self.pre.clip), ('pretrain', self.pre)):
-        if (self.out / f'{name}.safetensors').is_file(): load_model(model, str(self.out / f'{name}.safetensors'))
-    self.vqa, self.captioner = vqa_model(self.pre, len(self.vocab)), captioner_model(self.pre, self.cfg, self.tok)
+        if name in trained: load_model(model, str(self.out / f'{name}.safetensors'))
+    self.vqa = vqa_model(self.pre, len(self.vocab)) if 'vqa' in trained else None
+    self.captioner = captioner_model(self.pre, self.cfg, self.tok) if 'caption' in trained else None
     for name, model in (('vqa', self.vqa), ('caption', self.captioner)):
-        f = self.out / f'{name}.safetensors'
-        if not f.is_file(): raise FileNotFoundError(f"{f}: the {name} stage has not been trained in this run")
-        load_model(model, str(f))
+        if model is not None: load_model(model, str(self.out / f'{name}.safetensors'))
     return self
 
 # %% ../nbs/15_pipeline.ipynb #d1b4f8b5
@@ -275,20 +284,25 @@ def load_trained(self):
 @torch.no_grad()
 def evaluate(self, split: str | None = None, device=None,
              caption_scores=('Bleu', 'METEOR', 'ROUGE_L', 'CIDEr', 'SPICE'), retrieval: bool = True) -> dict:
-    """Test-split scores: VQA accuracy, caption metrics (those in `caption_scores`), retrieval recall, the question-only
-    prior."""
+    """Test-split scores of the stages the run trained: VQA accuracy, caption metrics (those in `caption_scores`),
+    retrieval recall (after contrastive or fusion pre-training), the question-only prior; `skipped` says what was
+    not scored and why."""
     split = split or self.cfg.test_split
     dev = torch.device(device) if device else (torch.device('cpu') if self.cfg.device == 'cpu' else get_device())
     res, t = {}, time.time()
     qp, ap = vqa_paths(self.data, split)
+    skipped = {k: 'not trained in this run' for k, m in (('vqa', self.vqa), ('caption', self.captioner)) if m is None}
     if self.vqa is not None:
         res['vqa'] = self._score_vqa(split, qp, ap, dev)
     cds = CaptionDataset(self.data, split, self.transform(False), per_image=True)
     cl = DataLoader(cds, batch_size=64, collate_fn=CaptionCollate(self.tok, self.cfg.context_length))
     if self.captioner is not None:
         res['caption'] = self._score_captions(split, cl, dev, caption_scores)
-    if retrieval:
+    if retrieval and {'contrastive', 'pretrain'} & set(self.trained_stages()):
         res['retrieval'] = self._retrieval(cl, dev)
+    elif retrieval:
+        skipped['retrieval'] = 'no contrastive or fusion pre-training in this run'
+    if skipped: res['skipped'] = skipped
     _, tr_anns = load_vqa(*vqa_paths(self.data, self.cfg.train_split))
     _, te_anns = load_vqa(qp, ap)
     res['baseline'] = {'prior_vqa': prior_accuracy(tr_anns, te_anns)['overall']}

@@ -81,3 +81,27 @@ def test_download_scripts_fail_clearly_offline(tmp_path):
         r = subprocess.run(['bash', str(root / script), str(tmp_path / 'coco')], capture_output=True, text=True,
                            env=env, timeout=120)
         assert r.returncode == 3 and 'Are you offline?' in r.stderr, (script, r.stderr)
+
+
+def test_train_eval_scores_the_stages_the_run_trained(tmp_path):
+    "`mmkt train ... stages=[vqa] --eval`: VQA scored, captions and retrieval named as skipped; eval and predict too."
+    data = tmp_path / 'data'
+    assert run('mmkt', 'data', 'shapes', '--out', str(data), '--n-train', '40', '--n-val', '10',
+               '--n-test', '10').returncode == 0
+    out = tmp_path / 'run'
+    r = run('mmkt', 'train', '--config', 'shapes_tiny', '--eval', 'stages=[vqa]', 'steps.vqa=3', 'pseudo_label=0',
+            'batch_size=8', f'data={data}', f'out={out}', 'device=cpu', 'eval_every=0')
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / 'results.json').read_text())
+    assert 'vqa' in res and 'caption' not in res and 'retrieval' not in res
+    assert res['skipped'] == {'caption': 'not trained in this run',
+                              'retrieval': 'no contrastive or fusion pre-training in this run'}
+    assert 'not scored: caption (not trained in this run)' in r.stdout
+    r = run('mmkt', 'eval', '--run', str(out))
+    assert r.returncode == 0 and 'VQA accuracy' in r.stdout and 'not scored: caption' in r.stdout, r.stderr[-2000:]
+    image = next((data / 'test').iterdir())
+    r = run('mmkt', 'predict', '--run', str(out), '--image', str(image), '--question', 'How many objects are there?')
+    assert r.returncode == 0 and 'A: ' in r.stdout and 'no caption: the caption stage was not trained' in r.stdout
+    (out / 'vqa.safetensors').unlink()
+    r = run('mmkt', 'eval', '--run', str(out))
+    assert r.returncode == 1 and 'no trained stage in this run' in r.stderr
