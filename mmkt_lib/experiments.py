@@ -23,7 +23,8 @@ from .grid import ROOT, from_root
 # %% auto #0
 __all__ = ['RECORD', 'ABLATIONS', 'CAPTION_KEYS', 'RELATIONAL', 'ablation_config', 'run_ablation', 'paired_bootstrap', 'test_vqa',
            'summarise', 'compare', 'show', 'plot_ablations', 'seed_bootstrap', 'cell_scores', 'collect_budgets',
-           'plot_budgets', 'show_budgets', 'claims_table', 'show_claims', 'sort_of_clevr_record']
+           'plot_budgets', 'show_budgets', 'claims_table', 'show_claims', 'sort_of_clevr_record',
+           'self_training_scores', 'collect_self_training', 'show_self_training', 'plot_pseudo_curves']
 
 # %% ../nbs/17_experiments.ipynb #b4ca0659
 RECORD = ROOT / 'nbs' / '17_experiments_results.json'
@@ -96,7 +97,7 @@ def summarise(run: Path) -> dict:
         'per_family': r['vqa']['per_family'],
         'Bleu_4': round(r['caption']['Bleu_4'], 4),
         'CIDEr': round(r['caption']['CIDEr'], 4),
-        'i2t_R@1': r['retrieval']['i2t_R@1'],
+        'i2t_R@1': r.get('retrieval', {}).get('i2t_R@1'),   # not scored without pre-training
         'seconds': round(sum(v for k, v in r['seconds'].items() if k != 'pseudo'), 1),
         'stages': cfg['stages'],
         'fusion': cfg['fusion'],
@@ -116,6 +117,8 @@ def compare(runs: dict, reference: str = 'full') -> dict:
     return {k: {a: b for a, b in v.items() if not a.startswith('_')} for k, v in s.items()}
 
 # %% ../nbs/17_experiments.ipynb #a5973308
+def _r1(x) -> str: return '-' if x is None else f'{x:.1f}'
+
 def show(record: dict):
     "The comparison as a table."
     fams = sorted(next(iter(record.values()))['per_family'])
@@ -125,7 +128,7 @@ def show(record: dict):
         d = v['vs_reference']
         ci = f"{d['diff']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]"
         print(f"{k:<18}{v['vqa']:>7.2f}  {ci:<22}" + ''.join(f"{v['per_family'][f]:>8.1f}" for f in fams)
-              + f"{v['Bleu_4']:>8.3f}{v['CIDEr']:>7.3f}{v['i2t_R@1']:>6.1f}{v['seconds']:>6.0f}")
+              + f"{v['Bleu_4']:>8.3f}{v['CIDEr']:>7.3f}{_r1(v['i2t_R@1']):>6}{v['seconds']:>6.0f}")
 
 def plot_ablations(record: dict, title: str = ''):
     "VQA accuracy per question family, caption CIDEr, and the VQA training loss, one colour per ablation."
@@ -366,3 +369,50 @@ def sort_of_clevr_record(run) -> dict:
     r = load_json(Path(run) / 'results.json')
     return {'test': r['vqa']['per_family'], 'overall': r['vqa']['overall'], 'prior_vqa': r['baseline']['prior_vqa'],
             'seconds': r['seconds'], 'curve': _curve(run)}
+
+# %% ../nbs/17_experiments.ipynb #83a33f01
+def self_training_scores(base) -> dict:
+    "One self-training run (`{out}/pseudo`): teacher and student test scores and the teacher's pseudo-answer curve."
+    base = Path(base)
+    r, st = load_json(base / 'results.json'), load_json(base / 'settings.json')
+    data, split = from_root(st['data']), st['test_split']
+    qs, _ = load_vqa(*vqa_paths(data, split))
+    per_q = {m: vqa_accuracy(*vqa_paths(data, split), base / m / f'vqa_{split}_results.json', per_question=True)
+             ['per_question'] for m in ('teacher', 'student1')}
+    rnd = r['rounds'][0]
+    return {'teacher': r['models']['teacher'], 'student': r['models']['student1'], 'threshold': r['threshold'],
+            'coverage': r['coverage'], 'precision': r['precision'], 'pseudo_answers': rnd['pseudo_answers'],
+            'pseudo_captions': rnd['pseudo_captions'], 'seconds': r['seconds'],
+            'curve': [{k: c[k] for k in ('threshold', 'coverage', 'precision')} for c in rnd['answer_curve']],
+            '_per_question': per_q, '_image_of': {q['question_id']: q['image_id'] for q in qs}}
+
+def collect_self_training(bases: list) -> dict:
+    "Several seeds' runs: each one's scores, and the student minus the teacher with an interval over seeds and images."
+    runs = [self_training_scores(b) for b in bases]
+    vs = seed_bootstrap([x['_per_question']['teacher'] for x in runs], [x['_per_question']['student1'] for x in runs],
+                        runs[0]['_image_of'])
+    return {'seeds': [{k: v for k, v in x.items() if not k.startswith('_')} for x in runs], 'student_vs_teacher': vs}
+
+def show_self_training(rec: dict):
+    "Per seed: teacher and student VQA and CIDEr-D, the kept pseudo-answers; then the student's gain with its interval."
+    print(f"{'seed':<6}{'teacher VQA':>12}{'student VQA':>12}{'teacher CIDEr':>14}{'student CIDEr':>14}"
+          f"{'threshold':>10}{'kept answers':>13}{'precision':>10}")
+    for k, x in enumerate(rec['seeds']):
+        thr = '-' if x['threshold'] is None else f"{x['threshold']:.2f}"
+        prec = '-' if x['precision'] is None else f"{x['precision']:.1f}"
+        print(f"{k:<6}{x['teacher']['vqa']:>12.1f}{x['student']['vqa']:>12.1f}{x['teacher']['CIDEr']:>14.3f}"
+              f"{x['student']['CIDEr']:>14.3f}{thr:>10}{x['pseudo_answers']:>13}{prec:>10}")
+    d = rec['student_vs_teacher']
+    print(f"student - teacher, VQA: {d['diff']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}] (seeds and test images resampled)")
+
+def plot_pseudo_curves(rec: dict, target: float = 70.0):
+    "Precision of the teacher's pseudo-answers against the share of unlabelled questions kept, one line per seed."
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for k, x in enumerate(rec['seeds']):
+        pts = [c for c in x['curve'] if c['precision'] is not None]
+        ax.plot([c['coverage'] for c in pts], [c['precision'] for c in pts], 'o-', ms=3, label=f'seed {k}')
+    ax.axhline(target, color='k', ls=':', lw=1, label=f'precision asked for ({target:g}%)')
+    ax.set_xlabel('unlabelled questions kept (%)')
+    ax.set_ylabel('pseudo-answer accuracy (%)')
+    ax.legend(fontsize=8)
+    return fig
