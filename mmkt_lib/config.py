@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass, field, fields
+from importlib.resources import files
 from pathlib import Path
 
 import yaml
@@ -187,7 +188,7 @@ def _coerce(f: dataclasses.Field, value: str):
         raise ValueError(f"{f.name} expects {t}, got {value!r}")
     return v
 
-CONFIG_DIR = Path(__file__).resolve().parent / 'configs'   # the named configurations, inside the package
+CONFIG_DIR = Path(str(files('mmkt_lib'))) / 'configs'   # the named configurations, package data of mmkt_lib
 
 def _read_yaml(path_or_name: str) -> dict:
     """The fields set by a YAML file, or by the file of that name in `mmkt_lib/configs/` (package data: it ships in
