@@ -267,9 +267,7 @@ def load_trained(self):
     """Load the weights of every stage the run trained (for evaluation and prediction); `vqa` / `captioner` stay None
     when their stage was not trained. A run directory without any trained stage is an error."""
     trained = self.trained_stages()
-    if not trained:
-        raise FileNotFoundError(f"{self.out}: no trained stage in this run (none of "
-                                f"{', '.join(s + '.safetensors' for s in STAGES)})")
+    if not trained: raise FileNotFoundError(f"{self.out}: no trained stage in this run (no {'/'.join(STAGES)} weights)")
     for name, model in (('contrastive', self.pre.clip), ('pretrain', self.pre)):
         if name in trained: load_model(model, str(self.out / f'{name}.safetensors'))
     self.vqa = vqa_model(self.pre, len(self.vocab)) if 'vqa' in trained else None

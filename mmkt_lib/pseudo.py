@@ -61,6 +61,12 @@ def _link_eval_splits(root: Path, out: Path, eval_splits):
         if (root / f'scenes_{s}.json').is_file():   # caption truth (chapter 09b) reads them
             _link(root / f'scenes_{s}.json', out / f'scenes_{s}.json')
 
+def _semi_tokenizer(out: Path, tokenizer, texts: list[str]):
+    "`out/tokenizer.json`: a copy of `tokenizer`, or trained on `texts` (what the semi-supervised root may see)."
+    if tokenizer is None: return train_wordpiece(texts, 8000, 1, save_path=out / 'tokenizer.json')
+    if not Path(tokenizer).is_file(): raise FileNotFoundError(f"{tokenizer}: no such tokenizer file")
+    shutil.copyfile(tokenizer, out / 'tokenizer.json')
+
 def make_semi_supervised(root, out, fraction: float, seed: int = 0, split: str = 'train',
                          eval_splits=('val', 'test'), tokenizer=None) -> dict:
     """Write the semi-supervised data root `out` from `root`'s `split`: a labelled part (`fraction` of the images,
@@ -90,12 +96,8 @@ def make_semi_supervised(root, out, fraction: float, seed: int = 0, split: str =
     for s in ('labelled', 'unlabelled'):
         _link(root / split, out / s)
     _link_eval_splits(root, out, eval_splits)
-    if tokenizer is not None:
-        if not Path(tokenizer).is_file(): raise FileNotFoundError(f"{tokenizer}: no such tokenizer file")
-        shutil.copyfile(tokenizer, out / 'tokenizer.json')
-    else:
-        texts = [a['caption'] for a in coco['annotations'] if a['image_id'] in L] + [q['question'] for q in qs]
-        train_wordpiece(texts, 8000, 1, save_path=out / 'tokenizer.json')
+    _semi_tokenizer(out, tokenizer, [a['caption'] for a in coco['annotations'] if a['image_id'] in L] +
+                    [q['question'] for q in qs])
     manifest = {'source': str(root.resolve()), 'split': split, 'fraction': fraction, 'seed': seed, 'vqa_name': name,
                 'tokenizer': str(Path(tokenizer).resolve()) if tokenizer is not None else 'trained',
                 'labelled_images': len(lab), 'unlabelled_images': len(unl),
