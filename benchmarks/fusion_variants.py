@@ -31,25 +31,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mmkt_lib.fusion import CrossAttention, FusionConfig, _gather_images
+from mmkt_lib.fusion import CrossAttention, FusionConfig, _gather_images, _Projected, eot_first
 from mmkt_lib.vit import Block, Mlp
 
 VARIANTS = ('cross', 'sharp', 'film', 'deepconv')
 _SPATIAL = re.compile(r"^is the (.+?) (on the left|in the top)")
 
 
-def eot_state(tokens, mask):
-    "(Q, D): each text's last real token (right padding)."
-    return tokens[torch.arange(tokens.shape[0]), mask.long().sum(1) - 1]
-
-
-class FilmFusion(nn.Module):
+class FilmFusion(_Projected):
     "Image tokens modulated by the question (FiLM) in every layer, related by self-attention, read by the question."
     def __init__(self, cfg: FusionConfig):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)                                                    # cfg, img and txt projections
         D = cfg.dim
-        self.img, self.txt = nn.Linear(cfg.image_dim, D), nn.Linear(cfg.text_dim, D)
         self.film = nn.ModuleList([nn.Linear(D, 2 * D) for _ in range(cfg.depth)])
         self.norms = nn.ModuleList([nn.LayerNorm(D, elementwise_affine=False) for _ in range(cfg.depth)])
         self.mlps = nn.ModuleList([Mlp(D, 2 * D) for _ in range(cfg.depth)])
@@ -62,7 +55,7 @@ class FilmFusion(nn.Module):
 
     def forward(self, image_tokens, text_tokens, text_mask=None, image_index=None, return_attn=False,
                 pooled_only=False):
-        q = self.txt(eot_state(text_tokens, text_mask))                                   # (Q, D)
+        q = self.txt(eot_first(text_tokens, text_mask)[:, 0])                             # (Q, D): end of text
         x = _gather_images(self.img(image_tokens), image_index)                           # (Q, 1+N, D)
         for k in range(self.cfg.depth):
             g, b = self.film[k](q).chunk(2, -1)                                           # (Q, D) each
