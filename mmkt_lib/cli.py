@@ -45,8 +45,9 @@ def format_results(r: dict) -> str:
     lines = []
     if 'vqa' in r:
         fams = ', '.join(f"{k} {v:.1f}" for k, v in r['vqa']['per_family'].items())
-        lines.append(f"VQA accuracy {r['vqa']['overall']:.2f} (question-only prior {r['baseline']['prior_vqa']:.2f}); "
-                     f"per family: {fams}")
+        rules = f"{r['vqa']['rules']} rules, " if 'rules' in r['vqa'] else ''
+        lines.append(f"VQA accuracy {r['vqa']['overall']:.2f} ({rules}question-only prior "
+                     f"{r['baseline']['prior_vqa']:.2f}); per family: {fams}")
     if 'caption' in r:
         lines.append('captions: ' + ', '.join(f"{k} {v:.3f}" for k, v in r['caption'].items() if v is not None))
     if 'retrieval' in r:

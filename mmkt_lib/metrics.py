@@ -23,9 +23,9 @@ from .data import load_coco_captions, question_family, validate_vqa
 from .clip import retrieval_recall  # re-exported: every metric has one home
 
 # %% auto #0
-__all__ = ['METRIC_KEYS', 'SPICE_HELP', 'CAPTION_METRICS', 'process_punctuation', 'process_digit_article', 'normalize_answer',
-           'vqa_score', 'validate_vqa_results', 'vqa_accuracy', 'spice_missing_jars', 'validate_caption_results',
-           'caption_metrics', 'question_prior', 'prior_accuracy']
+__all__ = ['VQA_RULES', 'METRIC_KEYS', 'SPICE_HELP', 'CAPTION_METRICS', 'process_punctuation', 'process_digit_article',
+           'normalize_answer', 'check_vqa_rules', 'vqa_score', 'validate_vqa_results', 'vqa_accuracy',
+           'spice_missing_jars', 'validate_caption_results', 'caption_metrics', 'question_prior', 'prior_accuracy']
 
 # %% ../nbs/09_evaluation.ipynb #c882acf0
 _CONTRACTIONS = {"aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
@@ -80,16 +80,38 @@ def normalize_answer(answer: str) -> str:
     a = answer.replace('\n', ' ').replace('\t', ' ').strip()
     return process_digit_article(process_punctuation(a))
 
-def vqa_score(prediction: str, gt_answers: Sequence[str]) -> float:
-    "Official VQA accuracy (0..1) of one prediction against the (usually ten) ground-truth answers."
-    pred = normalize_answer(prediction)
-    gts = list(gt_answers)
-    if len(set(gts)) > 1: gts = [process_punctuation(g) for g in gts]
-    accs = []
-    for i in range(len(gts)):
-        matching = sum(g == pred for j, g in enumerate(gts) if j != i)
-        accs.append(min(1.0, matching / 3))
+VQA_RULES = {
+    'master': "GT-Vision-Lab/VQA master since 2021 ('Fixed processing answers bug'): whitespace stripped; only when the "
+              "ten answers disagree are ground truth and prediction normalised (punctuation, digits, articles); "
+              "compared lower-cased",
+    '2017': "GT-Vision-Lab/VQA 2017 evaluation (its Python 3 port, branch feature/update_style; used by LAVIS and "
+            "ALBEF): the prediction always normalised, the ground truth only by punctuation and only when the ten "
+            "answers disagree",
+}
+
+def check_vqa_rules(rules: str) -> str:
+    "`rules` if it names a rule set of `VQA_RULES`, else a ValueError listing them."
+    if rules not in VQA_RULES:
+        raise ValueError(f"unknown VQA rule set {rules!r}: choose one of {sorted(VQA_RULES)}")
+    return rules
+
+def _strip_space(a: str) -> str: return a.replace('\n', ' ').replace('\t', ' ').strip()
+
+def _leave_one_out(pred: str, gts: Sequence[str]) -> float:
+    "min(#other annotators matching / 3, 1), averaged over the ways of leaving one annotator out."
+    accs = [min(1.0, sum(g == pred for j, g in enumerate(gts) if j != i) / 3) for i in range(len(gts))]
     return sum(accs) / len(accs)
+
+def vqa_score(prediction: str, gt_answers: Sequence[str], rules: str = 'master') -> float:
+    "Official VQA accuracy (0..1) of one prediction against the (usually ten) ground-truth answers under `rules`."
+    if check_vqa_rules(rules) == '2017':
+        gts = list(gt_answers)
+        if len(set(gts)) > 1: gts = [process_punctuation(g) for g in gts]
+        return _leave_one_out(normalize_answer(prediction), gts)
+    pred, gts = _strip_space(prediction), [_strip_space(g) for g in gt_answers]
+    if len(set(gts)) > 1:
+        pred, gts = normalize_answer(pred), [normalize_answer(g) for g in gts]
+    return _leave_one_out(pred.lower(), [g.lower() for g in gts])
 
 # %% ../nbs/09_evaluation.ipynb #80f86141
 def _load(obj, what: str):
@@ -124,10 +146,11 @@ def validate_vqa_results(results, question_ids: Iterable[int], name: str = 'resu
     if extra: raise DataError(f"{name}: {len(extra)} answer(s) to unknown question_id(s) {sorted(extra)[:10]}")
     return out
 
-def vqa_accuracy(questions, annotations, results, per_question: bool = False) -> dict:
-    """VQA v2 accuracy as the official `vqaEval.py` computes it, in percent rounded to 2 decimals: `overall`,
-    `per_answer_type`, `per_question_type` and `per_family`. Inputs are official-format JSON paths or loaded objects.
-    With `per_question`, also `{question_id: accuracy}` (unrounded, in [0, 1])."""
+def vqa_accuracy(questions, annotations, results, per_question: bool = False, rules: str = 'master') -> dict:
+    """VQA v2 accuracy as the official `vqaEval.py` computes it under `rules` (a key of `VQA_RULES`), in percent
+    rounded to 2 decimals: `overall`, `per_answer_type`, `per_question_type`, `per_family` and the `rules` used. Inputs
+    are official-format JSON paths or loaded objects. With `per_question`, also `{question_id: accuracy}` (in [0, 1])."""
+    check_vqa_rules(rules)
     qs, anns = _as_vqa_docs(questions, annotations)
     res_obj, rname = _load(results, 'results')
     res = validate_vqa_results(res_obj, [q['question_id'] for q in qs], rname)
@@ -138,7 +161,7 @@ def vqa_accuracy(questions, annotations, results, per_question: bool = False) ->
     }
     for q in qs:
         a = anns[q['question_id']]
-        s = vqa_score(res[q['question_id']], [x['answer'] for x in a['answers']])
+        s = vqa_score(res[q['question_id']], [x['answer'] for x in a['answers']], rules)
         acc[q['question_id']] = s
         groups['per_answer_type'][a['answer_type']].append(s)
         groups['per_question_type'][a['question_type']].append(s)
@@ -147,6 +170,7 @@ def vqa_accuracy(questions, annotations, results, per_question: bool = False) ->
     out = {
         'overall': pct(list(acc.values())),
         **{g: {k: pct(v) for k, v in sorted(d.items())} for g, d in groups.items()},
+        'rules': rules,
     }
     if per_question: out['per_question'] = acc
     return out
@@ -329,13 +353,13 @@ def question_prior(annotations: dict | Iterable[dict]) -> dict[str, str]:
     prior[''] = min(overall, key=lambda k: (-overall[k], k))
     return prior
 
-def prior_accuracy(train_annotations: dict, eval_annotations: dict) -> dict:
-    "VQA accuracy (percent) of the question-type prior of `train_annotations` on `eval_annotations`."
+def prior_accuracy(train_annotations: dict, eval_annotations: dict, rules: str = 'master') -> dict:
+    "VQA accuracy (percent, under `rules`) of the question-type prior of `train_annotations` on `eval_annotations`."
     prior = question_prior(train_annotations)
     per = defaultdict(list)
     all_ = []
     for a in eval_annotations.values():
-        s = vqa_score(prior.get(a['question_type'], prior['']), [x['answer'] for x in a['answers']])
+        s = vqa_score(prior.get(a['question_type'], prior['']), [x['answer'] for x in a['answers']], rules)
         all_.append(s)
         per[question_family(a)].append(s)
     return {'overall': round(100 * float(np.mean(all_)), 2),

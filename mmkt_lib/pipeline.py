@@ -314,7 +314,7 @@ def _score_vqa(self, split: str, qp: Path, ap: Path, dev) -> dict:
     preds = vqa_predictions(self.vqa.to(dev).eval(), DataLoader(vds, batch_size=64, collate_fn=vcol), self.vocab, dev)
     save_json(preds, self.out / f'vqa_{split}_results.json')
     acc = vqa_accuracy(qp, ap, preds)
-    return {k: acc[k] for k in ('overall', 'per_family', 'per_answer_type')}
+    return {k: acc[k] for k in ('overall', 'per_family', 'per_answer_type', 'rules')}
 
 @method_of(Pipeline)
 def _score_captions(self, split: str, loader, dev, metrics) -> dict:
