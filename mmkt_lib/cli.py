@@ -17,10 +17,11 @@ from .caption import beam_search, greedy_decode
 from .config import load_config
 from .core import save_json
 from .data import PRESETS, dataset_stats, load_vqa, make_shape_scenes, read_image, vqa_paths
+from .datacheck import check_data, format_report
 from .metrics import prior_accuracy
 from .pipeline import Pipeline, load_run
 from .selftrain import run_experiment
-from .text import data_tokenizer
+from .text import data_tokenizer, load_tokenizer, tokenizer_texts, train_wordpiece
 
 # %% auto #0
 __all__ = ['DEMO_PRESETS', 'COMMANDS', 'format_stats', 'format_results', 'run_demo', 'predict', 'fetch_real', 'build_parser',
@@ -47,7 +48,7 @@ def format_results(r: dict) -> str:
         fams = ', '.join(f"{k} {v:.1f}" for k, v in r['vqa']['per_family'].items())
         rules = f"{r['vqa']['rules']} rules, " if 'rules' in r['vqa'] else ''
         lines.append(f"VQA accuracy {r['vqa']['overall']:.2f} ({rules}question-only prior "
-                     f"{r['baseline']['prior_vqa']:.2f}); per family: {fams}")
+                     f"{r['baseline']['prior_vqa']:.2f})" + (f"; per family: {fams}" if fams else ''))
     if 'caption' in r:
         lines.append('captions: ' + ', '.join(f"{k} {v:.3f}" for k, v in r['caption'].items() if v is not None))
     if 'retrieval' in r:
@@ -124,10 +125,8 @@ def fetch_real(which: str, out: str) -> int:
     return subprocess.call(['bash', str(s), str(out)])
 
 # %% ../nbs/90_cli.ipynb #ad97b4a1
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='mmkt', description='mmkt: cross-modal knowledge transfer for VQA and captioning')
-    sub = p.add_subparsers(dest='command', required=True)
-    d = sub.add_parser('data', help='generate ShapeScenes or download COCO / VQA v2')
+def _data_parser(sub):
+    d = sub.add_parser('data', help='generate ShapeScenes, download COCO / VQA v2, make a tokenizer, check a data root')
     dsub = d.add_subparsers(dest='source', required=True)
     s = dsub.add_parser('shapes', help='generate ShapeScenes (COCO / VQA v2 formats)')
     s.add_argument('--out', default='data/shapes', help='output directory')
@@ -141,6 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
     for which in ('coco', 'vqa'):
         r = dsub.add_parser(which, help=f'download the official {which.upper()} files (needs the internet)')
         r.add_argument('--out', default='data/coco', help='data root (images in OUT/train2014, ...)')
+    k = dsub.add_parser('tokenizer', help="train a data root's WordPiece tokenizer on its captions and questions")
+    k.add_argument('--data', required=True, help='the data root; its tokenizer.json is written there')
+    k.add_argument('--split', default='train', help='the split whose text trains it')
+    k.add_argument('--overwrite', action='store_true', help='retrain it even if the root has a tokenizer.json')
+    c = dsub.add_parser('check', help='report every problem of a data root in the COCO / VQA v2 formats (exit 1 on '
+                        'errors)')
+    c.add_argument('root')
+    c.add_argument('--split', action='append', default=None, help='a split to check (repeatable; default: every one)')
+    c.add_argument('--no-decode', action='store_true', help='read image headers only (fast; misses truncated files)')
+    c.add_argument('--max-words', type=int, default=None, help='warn about questions of more words than this')
+    c.add_argument('--examples', type=int, default=3, help='examples shown per kind of problem')
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='mmkt', description='mmkt: cross-modal knowledge transfer for VQA and captioning')
+    sub = p.add_subparsers(dest='command', required=True)
+    _data_parser(sub)
     m = sub.add_parser('demo', help='the main job: generate data, train all stages, evaluate, write results.json')
     m.add_argument('--preset', default='default', choices=sorted(DEMO_PRESETS))
     m.add_argument('--out', default=None, help="run directory (default: the config's)")
@@ -163,7 +178,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/90_cli.ipynb #b36cbc6a
+def _cmd_tokenizer(args) -> int:
+    f = Path(args.data) / 'tokenizer.json'
+    if f.is_file() and not args.overwrite:
+        print(f"{f} exists ({len(load_tokenizer(f)):,} tokens); --overwrite retrains it")
+        return 0
+    train_wordpiece(tokenizer_texts(args.data, args.split), 8000, 1, save_path=f)   # written atomically
+    print(f"{f}: {len(load_tokenizer(f)):,} tokens, trained on the {args.split} captions and questions")
+    return 0
+
+def _cmd_check(args) -> int:
+    rep = check_data(args.root, args.split, decode=not args.no_decode, max_words=args.max_words)
+    print(format_report(rep, args.examples))
+    return 0 if rep.ok else 1
+
 def _cmd_data(args) -> int:
+    if args.source in ('tokenizer', 'check'):
+        return _cmd_tokenizer(args) if args.source == 'tokenizer' else _cmd_check(args)
     if args.source != 'shapes':
         return fetch_real(args.source, args.out)
     t = time.time()

@@ -23,9 +23,9 @@ from .shapescenes import make_shape_scenes  # re-exported: public API
 
 # %% auto #0
 __all__ = ['ANSWER_TYPE_SET', 'CLIP_MEAN', 'CLIP_STD', 'load_coco_captions', 'load_vqa', 'validate_vqa', 'vqa_paths', 'vqa_name',
-           'image_files', 'read_image', 'mentions_left_right', 'image_transform', 'DecodedImages', 'CaptionDataset',
-           'VQADataset', 'TextIds', 'CaptionCollate', 'VQACollate', 'ImageCaptionPairs', 'ImageSplit', 'collate_images',
-           'show_examples', 'question_family', 'dataset_stats']
+           'image_files', 'to_rgb', 'read_image', 'mentions_left_right', 'image_transform', 'DecodedImages',
+           'CaptionDataset', 'VQADataset', 'TextIds', 'CaptionCollate', 'VQACollate', 'ImageCaptionPairs', 'ImageSplit',
+           'collate_images', 'show_examples', 'question_family', 'dataset_stats']
 
 # %% ../nbs/02_data.ipynb #72647958
 def load_coco_captions(path) -> dict:
@@ -112,12 +112,25 @@ def image_files(root, split: str) -> dict[int, Path]:
             return {im['id']: root / split / im['file_name'] for im in d['images']}
     return None  # caller falls back to the COCO naming pattern
 
+def to_rgb(im: Image.Image) -> Image.Image:
+    """`im` as 8-bit RGB. 16- and 32-bit grey levels are scaled to 8 bits (PIL's own conversion clips them, turning a
+    16-bit image white); transparent pixels are composited over white (PIL's drops alpha, showing whatever colour the
+    transparent pixels happen to store)."""
+    if im.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
+        a = np.asarray(im, dtype=np.float64)
+        if im.mode.startswith('I;16') or a.max() > 255: a = a / 257.0
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), 'L').convert('RGB')
+    if im.mode in ('RGBA', 'LA', 'PA') or (im.mode == 'P' and 'transparency' in im.info):
+        rgba = im.convert('RGBA')
+        return Image.alpha_composite(Image.new('RGBA', rgba.size, (255, 255, 255, 255)), rgba).convert('RGB')
+    return im.convert('RGB')
+
 def read_image(path) -> Image.Image:
-    "Open an image as RGB; a missing or undecodable file raises an error naming it."
+    "Open an image as RGB (`to_rgb`); a missing, truncated or undecodable file raises an error naming it."
     p = Path(path)
     if not p.is_file(): raise FileNotFoundError(f"{p}: image file not found")
     try:
-        with Image.open(p) as im: return im.convert('RGB')
+        with Image.open(p) as im: return to_rgb(im)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{p}: cannot decode image ({e})") from None
 

@@ -30,6 +30,7 @@ from .config import RunConfig, STAGES, config_yaml, load_config
 from .core import atomic_write, autocast, get_device, load_json, method_of, save_json, set_seed, to_device
 from .data import (CaptionCollate, CaptionDataset, ImageCaptionPairs, VQACollate, VQADataset, image_transform,
                            load_vqa, make_shape_scenes, read_image, vqa_paths)
+from .datacheck import check_data, raise_for_errors
 from .fusion import FusionConfig
 from .metrics import caption_metrics, prior_accuracy, vqa_accuracy
 from .pretrain import PretrainConfig, VLPretrainModel
@@ -67,8 +68,7 @@ def pretrain_model(cfg: RunConfig, tok, n_answers: int):
         clip.text.token_embedding = new
         clip.cfg.text = clip.text.cfg = dataclasses.replace(clip.cfg.text, vocab_size=len(tok))
     fc = FusionConfig(dim=cfg.fusion_dim, depth=cfg.fusion_depth, heads=cfg.fusion_heads, readout=cfg.fusion_readout)
-    pre = VLPretrainModel(clip, tok, PretrainConfig(cfg.fusion, fc))
-    return pre
+    return VLPretrainModel(clip, tok, PretrainConfig(cfg.fusion, fc))
 
 def vqa_model(pre, n_answers):
     "The VQA model of a pre-trained `VLPretrainModel`: copies of its CLIP and fusion, a fresh answer classifier."
@@ -77,18 +77,14 @@ def vqa_model(pre, n_answers):
 def captioner_model(pre, cfg: RunConfig, tok):
     "The captioner of a pre-trained `VLPretrainModel`: a copy of its image tower and a fresh decoder."
     v = copy.deepcopy(pre.clip.visual)
-    return Captioner(
-        v,
-        DecoderConfig(vocab_size=len(tok), image_dim=v.cfg.dim, dim=cfg.decoder_dim, depth=cfg.decoder_depth,
-                      heads=cfg.fusion_heads, max_len=cfg.context_length, kind=cfg.decoder),
-    )
+    return Captioner(v, DecoderConfig(vocab_size=len(tok), image_dim=v.cfg.dim, dim=cfg.decoder_dim,
+                                      depth=cfg.decoder_depth, heads=cfg.fusion_heads, max_len=cfg.context_length,
+                                      kind=cfg.decoder))
 
 def _contrastive_loss(model, b):
     out = model(b['images'], b['input_ids'], b['attention_mask'])
-    return {
-        'loss': ContrastiveLoss()(out['image_embeds'], out['text_embeds'], out['logit_scale']),
-        'scale': out['logit_scale'],
-    }
+    loss = ContrastiveLoss()(out['image_embeds'], out['text_embeds'], out['logit_scale'])
+    return {'loss': loss, 'scale': out['logit_scale']}
 
 def _pretrain_loss(model, b): return model(b['images'], b['input_ids'], b['attention_mask'])
 
@@ -103,8 +99,8 @@ STAGE_LOSSES = {'contrastive': _contrastive_loss, 'pretrain': _pretrain_loss, 'v
 
 # %% ../nbs/15_pipeline.ipynb #4cfa2167
 def prepare_data(cfg: RunConfig) -> Path:
-    """The data root of `cfg`: ShapeScenes generated there if `source='shapes'`, otherwise checked for its training
-    captions."""
+    """The data root of `cfg`: ShapeScenes generated there if `source='shapes'`; then the splits the run uses checked
+    before anything trains (chapter 02b: every problem counted, the first named)."""
     root = Path(cfg.data)
     if cfg.source == 'shapes':
         make_shape_scenes(root, cfg.n_train, cfg.n_val, cfg.n_test, seed=cfg.data_seed, preset=cfg.preset)
@@ -112,6 +108,9 @@ def prepare_data(cfg: RunConfig) -> Path:
         hint = ('run data_scripts/download_coco.sh and download_vqa.sh' if cfg.source == 'coco'
                 else 'source="files" expects a data root already in the COCO / VQA v2 formats')
         raise FileNotFoundError(f"{root}: no annotations/captions_{cfg.train_split}.json; {hint}")
+    used = [cfg.train_split] + ([cfg.val_split] if cfg.eval_every else [])
+    raise_for_errors(check_data(root, used, optional=(cfg.val_split, cfg.test_split), decode=False,
+                                max_words=cfg.context_length - 2))
     return root
 
 # %% ../nbs/15_pipeline.ipynb #92fe8ef2
