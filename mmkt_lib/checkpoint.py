@@ -9,21 +9,23 @@ import json
 import os
 import random
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 
-from .core import atomic_write, load_json, save_json
+from .core import DataError, atomic_write, load_json, save_json
 
 # %% auto #0
 __all__ = ['rng_state', 'set_rng_state', 'full_state_dict', 'save_weights', 'publish_checkpoint', 'save_checkpoint',
-           'latest_checkpoint', 'load_checkpoint']
+           'safetensors_problem', 'checkpoint_problem', 'load_weights', 'latest_checkpoint', 'resumable_checkpoint',
+           'load_checkpoint']
 
 # %% ../nbs/13_checkpoints.ipynb #a3709c19
 def rng_state() -> dict:
@@ -95,6 +97,42 @@ def save_checkpoint(dir_: Path, model: nn.Module, optimizer, scheduler, state: d
     barrier()
     return final
 
+def safetensors_problem(path) -> str | None:
+    """Why the safetensors file at `path` is not whole (missing, truncated, a damaged header), or None. Reads only the
+    header: the data must end exactly where the header's largest offset says."""
+    p = Path(path)
+    if not p.is_file(): return 'missing'
+    size = p.stat().st_size
+    try:
+        with open(p, 'rb') as f:
+            n = int.from_bytes(f.read(8), 'little')
+            if size < 8 or n > size - 8: return f"truncated ({size:,} bytes, shorter than its header)"
+            header = json.loads(f.read(n))
+        end = max((v['data_offsets'][1] for k, v in header.items() if k != '__metadata__'), default=0)
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        return f"damaged header ({e})"
+    return f"truncated ({size:,} of {8 + n + end:,} bytes)" if size < 8 + n + end else None
+
+def checkpoint_problem(path) -> str | None:
+    "Why checkpoint directory `path` cannot be resumed from (a file missing, truncated or damaged), or None."
+    path = Path(path)
+    for f in ('model.safetensors', 'optim.pt', 'trainer_state.json'):
+        if not (path / f).is_file(): return f"{f} missing"
+    if (why := safetensors_problem(path / 'model.safetensors')) is not None: return f"model.safetensors {why}"
+    if not zipfile.is_zipfile(path / 'optim.pt'): return "optim.pt truncated or damaged (not a whole zip archive)"
+    try: load_json(path / 'trainer_state.json')
+    except DataError as e: return f"trainer_state.json {str(e).split(': ', 1)[-1]}"
+    return None
+
+def load_weights(model: nn.Module, path) -> nn.Module:
+    "Load a safetensors file into `model`; a missing, truncated or ill-fitting file is an error that names it."
+    p = Path(path)
+    if not p.is_file(): raise FileNotFoundError(f"{p}: no such weights file")
+    if (why := safetensors_problem(p)) is not None: raise DataError(f"{p}: {why}")
+    try: load_model(model, str(p))
+    except RuntimeError as e: raise DataError(f"{p}: does not fit the model ({str(e).splitlines()[0]})") from None
+    return model
+
 def latest_checkpoint(dir_: Path) -> Path | None:
     "The last complete checkpoint under `dir_` (per its `latest` pointer), or None."
     p = Path(dir_) / 'latest'
@@ -102,12 +140,25 @@ def latest_checkpoint(dir_: Path) -> Path | None:
     c = Path(dir_) / p.read_text().strip()
     return c if (c / 'trainer_state.json').is_file() else None
 
+def resumable_checkpoint(dir_: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint under `dir_` that is whole (`checkpoint_problem`), starting from `latest`, and a note for
+    each newer one it passed over as damaged (a disk fault or a copy cut short). None if there is no checkpoint; a
+    `DataError` naming them if every one is damaged."""
+    dir_, latest = Path(dir_), latest_checkpoint(dir_)
+    if latest is None: return None, []
+    older = sorted((c for c in dir_.glob('step_*') if c.is_dir() and not c.name.endswith('.tmp')), reverse=True)
+    skipped = []
+    for c in [latest] + [c for c in older if c.name < latest.name]:
+        if (why := checkpoint_problem(c)) is None: return c, skipped
+        skipped.append(f"{c}: {why}")
+    raise DataError(f"{dir_}: no whole checkpoint to resume from ({'; '.join(skipped)}); remove {dir_} to train the "
+                    "stage from the start")
+
 def load_checkpoint(path: Path, model: nn.Module, optimizer=None, scheduler=None, rank: int = 0) -> dict:
     """Restore model (and optimiser, scheduler, this process's RNG) from a checkpoint directory; returns the trainer
     state. `model` may be wrapped (DDP, FSDP): every process reads the full state and keeps its part."""
     path = Path(path)
-    for f in ('model.safetensors', 'optim.pt', 'trainer_state.json'):
-        if not (path / f).is_file(): raise FileNotFoundError(f"{path / f}: checkpoint file missing")
+    if (why := checkpoint_problem(path)) is not None: raise DataError(f"{path}: damaged checkpoint ({why})")
     set_model_state_dict(model, load_file(path / 'model.safetensors'), options=_full())
     if optimizer is not None:
         o = torch.load(path / 'optim.pt', weights_only=True, map_location='cpu')

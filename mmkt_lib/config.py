@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import asdict, dataclass, field, fields
 from importlib.resources import files
 from pathlib import Path
@@ -99,6 +100,9 @@ class ModelSection:
             raise ValueError(f"unknown fusion {self.fusion!r}")
         if self.fusion_readout not in ('first', 'eot'):
             raise ValueError(f"fusion_readout must be 'first' or 'eot', got {self.fusion_readout!r}")
+        if not self.pretrained and (self.image_size < self.patch_size or self.image_size % self.patch_size):
+            raise ValueError(f"image_size must be a positive multiple of patch_size ({self.patch_size}), "
+                             f"got {self.image_size}")
 
 # %% ../nbs/12_config.ipynb #252a0183
 def _check_steps(name: str, steps: dict):
@@ -124,6 +128,11 @@ class OptimisationSection:
     def _check_optimisation(self):
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("batch_size and grad_accum must be >= 1")
+        for name in ('lr', 'weight_decay', 'warmup', 'clip_grad'):
+            v = getattr(self, name)
+            if not math.isfinite(v) or v < 0: raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        if self.lr == 0: raise ValueError("lr must be > 0 (a learning rate of 0 trains nothing)")
+        if self.warmup >= 1: raise ValueError(f"warmup is a fraction of the steps, in [0, 1): got {self.warmup}")
         _check_steps('steps', self.steps)
 
 # %% ../nbs/12_config.ipynb #1998cfd4
@@ -174,8 +183,17 @@ class RunConfig(SelfTrainingSection, OptimisationSection, ModelSection, DataSect
                              f"train without it")
 
 # %% ../nbs/12_config.ipynb #ac60c3f2
+def _yaml(text: str, what: str):
+    "`text` parsed as YAML; a one-line `DataError` naming `what`, the line and the column if it is not YAML."
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, 'problem_mark', None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ''
+        raise DataError(f"{what}: malformed YAML ({getattr(e, 'problem', None) or 'cannot parse'}{at})") from None
+
 def _coerce(f: dataclasses.Field, value: str):
-    v = yaml.safe_load(value) if isinstance(value, str) else value
+    v = _yaml(value, f"{f.name}={value}") if isinstance(value, str) else value
     t = f.type if isinstance(f.type, str) else getattr(f.type, '__name__', str(f.type))
     if t == 'float' and isinstance(v, str):                   # YAML 1.1 reads '3e-4' as a string
         try: v = float(v)
@@ -198,10 +216,7 @@ def _read_yaml(path_or_name: str) -> dict:
         p = CONFIG_DIR / f'{path_or_name}.yaml'
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such config file")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise DataError(f"{p}: malformed YAML ({e})") from None
+    data = _yaml(p.read_text(), str(p)) or {}
     if not isinstance(data, dict):
         raise DataError(f"{p}: expected a mapping of config fields")
     return data
@@ -213,7 +228,7 @@ def _override(vals: dict, key: str, value, byname: dict):
         if top not in byname or byname[top].type not in ('dict', dict):
             raise ValueError(f"unknown config field {key!r}")
         d = dict(vals[top] if top in vals else byname[top].default_factory())
-        d[sub] = yaml.safe_load(value)
+        d[sub] = _yaml(value, f"{key}={value}")
         vals[top] = d
         return
     if key not in byname:

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import PartialState
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from torch import nn
 from torch.utils.data import DataLoader
 
 from .caption import Captioner, DecoderConfig, caption_predictions
+from .checkpoint import load_weights
 from .clip import CLIP, ContrastiveLoss, clip_config, retrieval_recall
 from .config import RunConfig, STAGES, config_yaml, load_config
 from .core import atomic_write, autocast, get_device, load_json, method_of, save_json, set_seed, to_device
@@ -180,12 +181,12 @@ def _stage(self, name, model, loss_fn, data):
     final = self.out / f'{name}.safetensors'
     t = time.time()
     if final.is_file():
-        load_model(model, str(final))
+        load_weights(model, final)
         self.say(f"{name}: loaded {final}")
     elif self.cfg.steps.get(name, 0) > 0:
         init = Path(self.cfg.init) / f'{name}.safetensors' if self.cfg.init else None
         if init is not None and init.is_file():   # fine-tune from another run's weights (a checkpoint still wins)
-            load_model(model, str(init))
+            load_weights(model, init)
             self.say(f"{name}: initialised from {init}")
         ds, collate = data()
         tr = Trainer(self.cfg, name, model, loss_fn, ds, collate, self.out, eval_fn=self._eval_fn(name))
@@ -268,11 +269,11 @@ def load_trained(self):
     trained = self.trained_stages()
     if not trained: raise FileNotFoundError(f"{self.out}: no trained stage in this run (no {'/'.join(STAGES)} weights)")
     for name, model in (('contrastive', self.pre.clip), ('pretrain', self.pre)):
-        if name in trained: load_model(model, str(self.out / f'{name}.safetensors'))
+        if name in trained: load_weights(model, self.out / f'{name}.safetensors')
     self.vqa = vqa_model(self.pre, len(self.vocab)) if 'vqa' in trained else None
     self.captioner = captioner_model(self.pre, self.cfg, self.tok) if 'caption' in trained else None
     for name, model in (('vqa', self.vqa), ('caption', self.captioner)):
-        if model is not None: load_model(model, str(self.out / f'{name}.safetensors'))
+        if model is not None: load_weights(model, self.out / f'{name}.safetensors')
     return self
 
 # %% ../nbs/15_pipeline.ipynb #d1b4f8b5

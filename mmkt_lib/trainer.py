@@ -21,8 +21,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from .checkpoint import (full_state_dict, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
-                                 set_rng_state)
+from .checkpoint import (full_state_dict, latest_checkpoint, load_checkpoint, resumable_checkpoint, rng_state,
+                                 save_checkpoint, set_rng_state)
 from .config import RunConfig
 from .core import atomic_write, method_of, to_device
 
@@ -232,10 +232,12 @@ def trained_model(self: Trainer) -> nn.Module:
 def _resume(self: Trainer) -> dict:
     "The trainer state: restored from the stage's latest checkpoint, or a fresh start."
     state = {'stage': self.stage, 'step': 0, 'epoch': 0, 'batch': 0}
-    if (c := latest_checkpoint(self.ckpt_dir)) is not None:
+    c, damaged = resumable_checkpoint(self.ckpt_dir)
+    if c is not None:
         state = load_checkpoint(c, self.model, self.opt, self.sched, self.acc.process_index)
         self._truncate_log(state['step'])
         if self.acc.is_main_process:
+            for why in damaged: print(f"{self.stage}: passed over a damaged checkpoint, {why}")
             print(f"{self.stage}: resuming from {c} (step {state['step']})")
     if self.acc.is_main_process:
         for tmp in self.ckpt_dir.glob('*.tmp'):                   # debris of a checkpoint that was being written
