@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import load_json, save_json
+from .core import atomic_write, load_json, save_json
 from .scenes import (PRESETS, QuestionSampler, ShapeScenesConfig, annotate, make_captions, object_bbox,
                              render_scene, sample_scene, sort_of_clevr_questions)
 
 # %% auto #0
-__all__ = ['SPLITS', 'DATA_NAME', 'answer_type', 'generate_split', 'make_shape_scenes']
+__all__ = ['SPLITS', 'DATA_NAME', 'PARTIAL', 'answer_type', 'generate_split', 'make_shape_scenes']
 
 # %% ../nbs/01b_shapescenes.ipynb #5a95bfa7
 def _relationships(objs: list[dict]) -> dict:
@@ -115,6 +115,18 @@ def _request(n_train, n_val, n_test, image_size, seed, preset) -> tuple[ShapeSce
     request = {'format': 'shapescenes-1', 'preset': preset, 'seed': int(seed), 'counts': counts, 'config': asdict(cfg)}
     return cfg, json.loads(json.dumps(request))  # tuples -> lists, as the manifest on disk holds them
 
+PARTIAL = '.shapescenes-partial'   # present while a generation runs: a root that has it was never completed
+
+def _clear(out: Path):
+    "Remove what `make_shape_scenes` writes in `out` (and nothing else): images, annotation files, tokenizer."
+    for s in SPLITS:
+        shutil.rmtree(out / s, ignore_errors=True)
+        for f in (out / 'annotations' / f'captions_{s}.json', out / f'v2_OpenEnded_{DATA_NAME}_{s}_questions.json',
+                  out / f'v2_{DATA_NAME}_{s}_annotations.json', out / f'scenes_{s}.json'):
+            f.unlink(missing_ok=True)
+    for f in ('tokenizer.json', 'shapescenes.json', PARTIAL):   # the tokenizer was trained on the old text (chapter 03)
+        (out / f).unlink(missing_ok=True)
+
 def _existing(out: Path, request: dict, overwrite: bool) -> dict | None:
     "The manifest of the same data set already in `out`; else clear a different ShapeScenes there (never other files)."
     if out.exists() and not out.is_dir():
@@ -124,10 +136,9 @@ def _existing(out: Path, request: dict, overwrite: bool) -> dict | None:
         old = load_json(mpath)
         if not overwrite and all(old.get(k) == v for k, v in request.items()):
             return old
-        for s in SPLITS:
-            shutil.rmtree(out / s, ignore_errors=True)
-        (out / 'tokenizer.json').unlink(missing_ok=True)   # trained on the old text (chapter 03)
-        mpath.unlink()
+        _clear(out)
+    elif (out / PARTIAL).is_file():                    # a generation that stopped part-way (killed, disk full)
+        _clear(out)
     elif out.exists() and any(out.iterdir()):
         raise FileExistsError(
             f"{out}: directory is not empty and holds no ShapeScenes manifest; refusing to write there"
@@ -144,6 +155,7 @@ def make_shape_scenes(out_dir, n_train: int, n_val: int, n_test: int, image_size
     if (old := _existing(out, request, overwrite)) is not None:
         return old
     (out / 'annotations').mkdir(parents=True, exist_ok=True)
+    atomic_write(out / PARTIAL, json.dumps(request))
     first_id, counts = 1, request['counts']
     for s in SPLITS:
         if counts[s] == 0:
@@ -157,5 +169,6 @@ def make_shape_scenes(out_dir, n_train: int, n_val: int, n_test: int, image_size
         save_json(docs['scenes'], out / f'scenes_{s}.json')
         if verbose:
             print(f"{s}: {counts[s]} images in {time.perf_counter() - t:.1f} s")
-    save_json(request, out / 'shapescenes.json', indent=1)
+    save_json(request, out / 'shapescenes.json', indent=1)   # the commit point: a complete data set
+    (out / PARTIAL).unlink()
     return request
