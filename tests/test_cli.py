@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from PIL import Image
+
 BIN = Path(sys.executable).parent
 
 
@@ -105,3 +107,39 @@ def test_train_eval_scores_the_stages_the_run_trained(tmp_path):
     (out / 'vqa.safetensors').unlink()
     r = run('mmkt', 'eval', '--run', str(out))
     assert r.returncode == 1 and 'no trained stage in this run' in r.stderr
+
+
+def test_own_images_walkthrough(tmp_path):
+    "README's 'Train on your own images': the toy folder, make_root.py, check, tokenizer, a short training run."
+    script = Path(__file__).parent.parent / 'data_scripts' / 'make_root.py'
+    r = run(sys.executable, str(script), '--example', str(tmp_path / 'toy'))
+    assert r.returncode == 0, r.stderr
+    lines = (tmp_path / 'toy' / 'items.jsonl').read_text().splitlines()
+    assert len(lines) == 240 and json.loads(lines[0])['questions'][0]['question'] == 'how many things are there?'
+    r = run(sys.executable, str(script), '--items', str(tmp_path / 'toy' / 'items.jsonl'), '--images',
+            str(tmp_path / 'toy' / 'images'), '--out', str(tmp_path / 'root'))
+    assert r.returncode == 0 and 'train: 192 images, 384 captions, 576 questions' in r.stdout, r.stderr
+    anns = json.loads((tmp_path / 'root' / 'v2_own_val_annotations.json').read_text())['annotations']
+    assert all(len(a['answers']) == 10 for a in anns) and {a['answer_type'] for a in anns} == {'yes/no', 'number', 'other'}
+    r = run('mmkt', 'data', 'check', str(tmp_path / 'root'))
+    assert r.returncode == 0 and '0 error(s), 0 warning(s)' in r.stdout, r.stdout
+    r = run('mmkt', 'data', 'tokenizer', '--data', str(tmp_path / 'root'))
+    assert r.returncode == 0 and 'trained on the train captions and questions' in r.stdout
+    r = run('mmkt', 'train', '--config', 'shapes_tiny', 'source=files', f"data={tmp_path / 'root'}",
+            f"out={tmp_path / 'run'}", 'pseudo_label=0', 'steps={contrastive: 2, pretrain: 2, vqa: 4, caption: 4}', '--eval')
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / 'run' / 'results.json').read_text())
+    assert res['vqa']['rules'] == 'master' and 'CIDEr' in res['caption']
+
+
+def test_make_root_names_bad_items(tmp_path):
+    script = Path(__file__).parent.parent / 'data_scripts' / 'make_root.py'
+    (tmp_path / 'images').mkdir()
+    (tmp_path / 'items.jsonl').write_text('{"image": "a.jpg", "captions": ["x"]}\n{"image": \n')
+    r = run(sys.executable, str(script), '--items', str(tmp_path / 'items.jsonl'), '--images', str(tmp_path / 'images'),
+            '--out', str(tmp_path / 'root'))
+    assert r.returncode == 1 and f"{tmp_path / 'images' / 'a.jpg'}: no such image" in r.stderr
+    Image.new('RGB', (8, 8)).save(tmp_path / 'images' / 'a.jpg')
+    r = run(sys.executable, str(script), '--items', str(tmp_path / 'items.jsonl'), '--images', str(tmp_path / 'images'),
+            '--out', str(tmp_path / 'root'))
+    assert r.returncode == 1 and 'items.jsonl:2: malformed JSON' in r.stderr
