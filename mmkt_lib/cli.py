@@ -18,6 +18,7 @@ from .config import load_config
 from .core import save_json
 from .data import PRESETS, dataset_stats, load_vqa, make_shape_scenes, read_image, vqa_paths
 from .datacheck import check_data, format_report
+from .distill import ARMS, distill
 from .metrics import prior_accuracy
 from .pipeline import Pipeline, load_run
 from .selftrain import run_experiment
@@ -175,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument('--image', required=True)
     pr.add_argument('--question', action='append', default=[])
     pr.add_argument('--beam-size', type=int, default=None)
+    k = sub.add_parser('distill', help="train a student a quarter of a finished run's compute, taught by that run")
+    k.add_argument('--teacher', required=True, help='the finished teacher run directory')
+    k.add_argument('--out', required=True, help='the student run directory')
+    k.add_argument('--arm', default='inherit', choices=list(ARMS), help='the recipe (chapter 18)')
+    k.add_argument('--seed', type=int, default=0)
+    k.add_argument('--temperature', type=float, default=2.0, help="of the teacher's answer distribution")
+    k.add_argument('overrides', nargs='*', help='config overrides of the student, key=value (e.g. steps.vqa=600)')
     return p
 
 # %% ../nbs/90_cli.ipynb #b36cbc6a
@@ -242,7 +250,17 @@ def _cmd_predict(args) -> int:
           else f"no caption: the caption stage was not trained in {args.run}")
     return 0
 
-COMMANDS = {'data': _cmd_data, 'demo': _cmd_demo, 'train': _cmd_train, 'eval': _cmd_eval, 'predict': _cmd_predict}
+def _cmd_distill(args) -> int:
+    r = distill(args.teacher, args.out, args.arm, args.seed, args.temperature, args.overrides)
+    if r:
+        print(format_results(r))
+        c, t = r['costs'], r['teacher_costs']
+        print(f"student: {c['params']['vqa']:,} VQA parameters, {c['latency_ms']['vqa']:.2f} ms per question; teacher: "
+              f"{t['params']['vqa']:,}, {t['latency_ms']['vqa']:.2f} ms")
+    return 0
+
+COMMANDS = {'data': _cmd_data, 'demo': _cmd_demo, 'train': _cmd_train, 'eval': _cmd_eval, 'predict': _cmd_predict,
+            'distill': _cmd_distill}
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `mmkt` console script: 0 on success, 1 with a one-line `mmkt: error: ...` on bad input."
