@@ -214,6 +214,8 @@ def model_costs(pipe: Pipeline) -> dict:
 def distill(teacher_run, out, arm: str = 'inherit', seed: int = 0, temperature: float = 2.0,
             overrides: list[str] | dict | None = None, verbose: bool = True) -> dict:
     "Train and score the student of `teacher_run` with recipe `arm`; `OUT/results.json`."
+    if not (Path(teacher_run) / 'config.yaml').is_file():
+        raise FileNotFoundError(f"{Path(teacher_run) / 'config.yaml'}: not a run directory (the teacher)")
     tcfg = load_config(Path(teacher_run) / 'config.yaml')
     cfg = student_config(tcfg, out=str(out), seed=seed, pseudo_label=0.0, stages=['contrastive', 'vqa', 'caption'])
     if overrides: cfg = load_config(None, {**asdict(cfg), **_as_dict(overrides)})
