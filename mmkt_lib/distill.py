@@ -5,6 +5,7 @@
 # %% ../nbs/18_distillation.ipynb #66a84971
 from __future__ import annotations
 
+import random
 import shutil
 import time
 from dataclasses import asdict, replace
@@ -15,15 +16,20 @@ import torch.nn.functional as F
 from accelerate import PartialState
 from torch import nn
 
-from .clip import ContrastiveLoss
+from .clip import ContrastiveLoss, zero_shot_classifier, zero_shot_logits
 from .config import STAGES, RunConfig, load_config
-from .core import count_parameters, save_json
+from .core import count_parameters, load_json, save_json
+from .data import load_vqa, vqa_paths
+from .experiments import seed_bootstrap
+from .metrics import vqa_accuracy
 from .pipeline import STAGE_LOSSES, Pipeline, device_info, load_run
+from .scenes import PRESETS, render_scene, sample_scene
 from .vqa import vqa_loss, vqa_soft_score
 
 # %% auto #0
-__all__ = ['WIDTHS', 'ARMS', 'AffinityDistillLoss', 'feature_distill_loss', 'answer_distill_loss', 'student_config',
-           'inherit_weights', 'DistillPipeline', 'latency_ms', 'model_costs', 'distill']
+__all__ = ['WIDTHS', 'ARMS', 'ZERO_SHOT', 'DISTILL_ROWS', 'AffinityDistillLoss', 'feature_distill_loss', 'answer_distill_loss',
+           'student_config', 'inherit_weights', 'DistillPipeline', 'latency_ms', 'model_costs', 'distill',
+           'zero_shot_accuracy', 'run_scores', 'collect_distillation', 'verdict', 'show_distillation']
 
 # %% ../nbs/18_distillation.ipynb #49d4be45
 def _kl_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
@@ -180,7 +186,7 @@ class DistillPipeline(Pipeline):
 
 # %% ../nbs/18_distillation.ipynb #ae2509cc
 @torch.no_grad()
-def latency_ms(fn, inputs: tuple, repeats: int = 30) -> float:
+def latency_ms(fn, inputs: tuple, repeats: int = 100) -> float:
     "Median milliseconds of `fn(*inputs)` (a model in evaluation mode, or one of its methods) after three warm-ups."
     for _ in range(3): fn(*inputs)
     times = []
@@ -234,3 +240,76 @@ def _as_dict(overrides) -> dict:
     "`key=value` strings (or a dict) as a dict of strings, the form `load_config` takes."
     if isinstance(overrides, dict): return {k: str(v) for k, v in overrides.items()}
     return dict(o.split('=', 1) for o in overrides)
+
+# %% ../nbs/18_distillation.ipynb #325fd4e6
+ZERO_SHOT = {'shape': ['a {}.', 'a picture of a {}.', 'there is a {} in the image.'],
+             'color': ['a {} object.', 'a {} shape.', 'a picture of a {} shape.']}
+
+@torch.no_grad()
+def zero_shot_accuracy(pipe: Pipeline, n: int = 300, seed: int = 1) -> dict:
+    "Percent of `n` single-object images whose shape and colour the run's CLIP names zero-shot (chapter 06)."
+    one = replace(PRESETS['default'], min_objects=1, max_objects=1, image_size=pipe.cfg.image_size)
+    rng = random.Random(seed)
+    scenes = [sample_scene(rng, one) for _ in range(n)]
+    x = torch.stack([pipe.transform(False)(render_scene(sc, one)) for sc in scenes])
+    clip = pipe.pre.clip.eval()
+    emb = clip.encode_image(x)
+    out = {}
+    for attr, templates in ZERO_SHOT.items():
+        names = list(one.shapes) if attr == 'shape' else list(one.colors)
+        pred = zero_shot_logits(emb, zero_shot_classifier(clip, pipe.tok, names, templates)).argmax(-1)
+        out[attr] = round(100 * sum(names[p] == sc[0][attr] for p, sc in zip(pred.tolist(), scenes)) / n, 1)
+    return out
+
+# %% ../nbs/18_distillation.ipynb #4a7c727c
+def run_scores(run) -> dict:
+    "A finished run's test scores, zero-shot accuracy, parameters and latency, flat."
+    run = Path(run)
+    r, pipe = load_json(run / 'results.json'), load_run(run)
+    costs = model_costs(pipe)
+    return {'vqa': r['vqa']['overall'], **{f"vqa_{k}": v for k, v in r['vqa']['per_family'].items()},
+            'i2t_R@1': r['retrieval']['i2t_R@1'], 't2i_R@1': r['retrieval']['t2i_R@1'], 'CIDEr': r['caption']['CIDEr'],
+            'CHAIR_i': r['caption']['CHAIR_i'], **{f"zero_shot_{k}": v for k, v in zero_shot_accuracy(pipe).items()},
+            **{f"params_{k}": v for k, v in costs['params'].items()},
+            **{f"ms_{k}": v for k, v in costs['latency_ms'].items()}}
+
+def _per_question(run) -> dict:
+    cfg = load_json(Path(run) / 'results.json')['config']
+    return vqa_accuracy(*vqa_paths(cfg['data'], cfg['test_split']), Path(run) / f"vqa_{cfg['test_split']}_results.json",
+                        per_question=True)['per_question']
+
+def collect_distillation(root, teacher, arms=tuple(ARMS), seeds=(0, 1, 2)) -> dict:
+    "Every student `root/{arm}_s{seed}` and the teacher scored; each recipe's VQA against scratch, with its interval."
+    root = Path(root)
+    runs = {a: [root / f"{a}_s{s}" for s in seeds] for a in arms}
+    cfg = load_json(Path(teacher) / 'results.json')['config']
+    qs, _ = load_vqa(*vqa_paths(cfg['data'], cfg['test_split']))
+    image_of = {q['question_id']: q['image_id'] for q in qs}
+    perq = {a: [_per_question(r) for r in rs] for a, rs in runs.items()}
+    return {'teacher': run_scores(teacher), 'seeds': list(seeds),
+            'arms': {a: [run_scores(r) for r in rs] for a, rs in runs.items()},
+            'vs_scratch': {a: seed_bootstrap(perq['scratch'], perq[a], image_of) for a in arms if a != 'scratch'}}
+
+# %% ../nbs/18_distillation.ipynb #e82aaaed
+DISTILL_ROWS = ('vqa', 'vqa_attribute', 'vqa_comparison', 'vqa_counting', 'vqa_existence', 'vqa_spatial', 'i2t_R@1',
+                't2i_R@1', 'zero_shot_shape', 'zero_shot_color', 'CIDEr', 'CHAIR_i', 'params_vqa', 'ms_vqa')
+
+def verdict(d: dict) -> str:
+    "Better / worse only when the interval excludes zero."
+    return 'better' if d['lo'] > 0 else 'worse' if d['hi'] < 0 else 'no difference shown'
+
+def show_distillation(rec: dict):
+    "Per metric: each recipe's mean over seeds [min, max], and the teacher; then each recipe's VQA against scratch."
+    arms = list(rec['arms'])
+    print(f"{'':16}" + ''.join(f"{a:>22}" for a in arms) + f"{'teacher':>10}")
+    for m in DISTILL_ROWS:
+        cells = []
+        for a in arms:
+            v = [x[m] for x in rec['arms'][a]]
+            fmt = '{:,.0f}' if m.startswith('params') else '{:.3f}' if m == 'CIDEr' else '{:.1f}'
+            rng = f" [{fmt.format(min(v))}, {fmt.format(max(v))}]" if min(v) != max(v) else ''
+            cells.append(fmt.format(sum(v) / len(v)) + rng)
+        t = rec['teacher'][m]
+        print(f"{m:16}" + ''.join(f"{c:>22}" for c in cells) + f"{('{:,.0f}' if m.startswith('params') else '{:.2f}').format(t):>10}")
+    for a, d in rec['vs_scratch'].items():
+        print(f"{a} - scratch, VQA: {d['diff']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]: {verdict(d)}")
