@@ -29,7 +29,8 @@ from .vqa import vqa_loss, vqa_soft_score
 # %% auto #0
 __all__ = ['WIDTHS', 'ARMS', 'ZERO_SHOT', 'DISTILL_ROWS', 'AffinityDistillLoss', 'feature_distill_loss', 'answer_distill_loss',
            'student_config', 'inherit_weights', 'DistillPipeline', 'latency_ms', 'model_costs', 'distill',
-           'zero_shot_accuracy', 'run_scores', 'collect_distillation', 'verdict', 'show_distillation']
+           'zero_shot_accuracy', 'run_scores', 'collect_distillation', 'verdict', 'show_distillation',
+           'plot_distillation']
 
 # %% ../nbs/18_distillation.ipynb #49d4be45
 def _kl_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
@@ -313,3 +314,20 @@ def show_distillation(rec: dict):
         print(f"{m:16}" + ''.join(f"{c:>22}" for c in cells) + f"{('{:,.0f}' if m.startswith('params') else '{:.2f}').format(t):>10}")
     for a, d in rec['vs_scratch'].items():
         print(f"{a} - scratch, VQA: {d['diff']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]: {verdict(d)}")
+
+# %% ../nbs/18_distillation.ipynb #b01397f0
+def plot_distillation(rec: dict, metrics=('vqa', 'i2t_R@1', 'CIDEr')):
+    "Each recipe's seeds (dots) and mean (bar) per metric, the teacher as a dashed line."
+    import matplotlib.pyplot as plt
+    arms = list(rec['arms'])
+    fig, axs = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2))
+    for ax, m in zip(axs, metrics):
+        vals = [[x[m] for x in rec['arms'][a]] for a in arms]
+        ax.bar(range(len(arms)), [sum(v) / len(v) for v in vals], color='#9ecae1')
+        for i, v in enumerate(vals): ax.plot([i] * len(v), v, 'k.', ms=5)
+        ax.axhline(rec['teacher'][m], color='#d62728', ls='--', lw=1, label='teacher')
+        ax.set_xticks(range(len(arms)), [a.replace('_', '\n') for a in arms], fontsize=8)
+        ax.set_title({'vqa': 'VQA accuracy (test)', 'i2t_R@1': 'image->text R@1', 'CIDEr': 'CIDEr-D'}.get(m, m))
+    axs[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
