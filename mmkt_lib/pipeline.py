@@ -101,7 +101,7 @@ STAGE_LOSSES = {'contrastive': _contrastive_loss, 'pretrain': _pretrain_loss, 'v
 # %% ../nbs/15_pipeline.ipynb #4cfa2167
 def prepare_data(cfg: RunConfig) -> Path:
     """The data root of `cfg`: ShapeScenes generated there if `source='shapes'`; then the splits the run uses checked
-    before anything trains (chapter 02b: every problem counted, the first named)."""
+    before anything trains (chapter 02b: every problem counted, the first named), unless a stage is already trained."""
     root = Path(cfg.data)
     if cfg.source == 'shapes':
         make_shape_scenes(root, cfg.n_train, cfg.n_val, cfg.n_test, seed=cfg.data_seed, preset=cfg.preset)
@@ -110,8 +110,9 @@ def prepare_data(cfg: RunConfig) -> Path:
                 else 'source="files" expects a data root already in the COCO / VQA v2 formats')
         raise FileNotFoundError(f"{root}: no annotations/captions_{cfg.train_split}.json; {hint}")
     used = [cfg.train_split] + ([cfg.val_split] if cfg.eval_every else [])
-    raise_for_errors(check_data(root, used, optional=(cfg.val_split, cfg.test_split), decode=False,
-                                max_words=cfg.context_length - 2))
+    if not any(Path(cfg.out).glob('*.safetensors')):   # a run with a trained stage (`mmkt eval`, `predict`) was checked
+        raise_for_errors(check_data(root, used, optional=(cfg.val_split, cfg.test_split), decode=False,
+                                    max_words=cfg.context_length - 2))
     return root
 
 # %% ../nbs/15_pipeline.ipynb #92fe8ef2
