@@ -22,7 +22,7 @@ from .distill import ARMS, distill
 from .metrics import prior_accuracy
 from .pipeline import Pipeline, load_run
 from .selftrain import run_experiment
-from .text import data_tokenizer, load_tokenizer, tokenizer_texts, train_wordpiece
+from .text import data_tokenizer, load_tokenizer
 
 # %% auto #0
 __all__ = ['DEMO_PRESETS', 'COMMANDS', 'format_stats', 'format_results', 'run_demo', 'predict', 'fetch_real', 'build_parser',
@@ -191,8 +191,8 @@ def _cmd_tokenizer(args) -> int:
     if f.is_file() and not args.overwrite:
         print(f"{f} exists ({len(load_tokenizer(f)):,} tokens); --overwrite retrains it")
         return 0
-    train_wordpiece(tokenizer_texts(args.data, args.split), 8000, 1, save_path=f)   # written atomically
-    print(f"{f}: {len(load_tokenizer(f)):,} tokens, trained on the {args.split} captions and questions")
+    tok = data_tokenizer(args.data, args.split, verbose=False, overwrite=True)
+    print(f"{f}: {len(tok):,} tokens, trained on the {args.split} captions and questions")
     return 0
 
 def _cmd_check(args) -> int:

@@ -79,10 +79,11 @@ def tokenizer_texts(root, split: str = 'train') -> list[str]:
     texts = [a['caption'] for a in load_coco_captions(root / 'annotations' / f'captions_{split}.json')['annotations']]
     return texts + [q['question'] for q in load_vqa(vqa_paths(root, split)[0])[0]]
 
-def data_tokenizer(root, split: str = 'train', max_length: int = 64, verbose: bool = True):
-    "The tokenizer of data root `root`: its `tokenizer.json`, trained on `split` and saved there first if missing."
+def data_tokenizer(root, split: str = 'train', max_length: int = 64, verbose: bool = True, overwrite: bool = False):
+    """The tokenizer of data root `root`: its `tokenizer.json`, trained on `split` and saved there first if missing (or
+    if `overwrite`; the file is replaced atomically)."""
     f = Path(root) / 'tokenizer.json'
-    if not f.is_file():
+    if overwrite or not f.is_file():
         train_wordpiece(tokenizer_texts(root, split), 8000, 1, save_path=f)
         if verbose:
             print(f"{f}: trained a WordPiece tokenizer on the {split} captions and questions")
