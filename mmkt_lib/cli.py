@@ -9,6 +9,7 @@ import argparse
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from .core import save_json
 from .data import PRESETS, dataset_stats, load_vqa, make_shape_scenes, read_image, vqa_paths
 from .datacheck import check_data, format_report
 from .distill import ARMS, distill
+from .vlkd import experiment_config, run_vlkd
 from .metrics import prior_accuracy
 from .pipeline import Pipeline, load_run
 from .selftrain import run_experiment
@@ -176,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument('--image', required=True)
     pr.add_argument('--question', action='append', default=[])
     pr.add_argument('--beam-size', type=int, default=None)
+    _transfer_parsers(sub)
+    return p
+
+def _transfer_parsers(sub):
+    "`mmkt distill` (chapter 18) and `mmkt vlkd` (chapter 18c): models taught by a finished run."
     k = sub.add_parser('distill', help="train a student a quarter of a finished run's compute, taught by that run")
     k.add_argument('--teacher', required=True, help='the finished teacher run directory')
     k.add_argument('--out', required=True, help='the student run directory')
@@ -183,7 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument('--seed', type=int, default=0)
     k.add_argument('--temperature', type=float, default=2.0, help="of the teacher's answer distribution")
     k.add_argument('overrides', nargs='*', help='config overrides of the student, key=value (e.g. steps.vqa=600)')
-    return p
+    v = sub.add_parser('vlkd', help="a text-only language model aligned to a run's frozen CLIP, tested zero-shot")
+    v.add_argument('--teacher', required=True, help='the finished run whose CLIP teaches')
+    v.add_argument('--out', required=True, help='where results.json and vlkd.safetensors go')
+    v.add_argument('--seed', type=int, default=0)
+    v.add_argument('--text-steps', type=int, default=None, help='text-only pre-training steps (default 3000)')
+    v.add_argument('--align-steps', type=int, default=None, help='alignment steps (default 1200)')
+    v.add_argument('--n-test', type=int, default=None, help='test images scored (default 500; 0: all)')
+    v.add_argument('--no-slot-qa', action='store_true', help='align without the text questions through the slot')
 
 # %% ../nbs/90_cli.ipynb #b36cbc6a
 def _cmd_tokenizer(args) -> int:
@@ -259,8 +273,20 @@ def _cmd_distill(args) -> int:
               f"{t['params']['vqa']:,}, {t['latency_ms']['vqa']:.2f} ms")
     return 0
 
+def _cmd_vlkd(args) -> int:
+    cfg = experiment_config(args.seed, slot_qa=not args.no_slot_qa)
+    given = {'text_steps': args.text_steps, 'align_steps': args.align_steps, 'n_test': args.n_test}
+    cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
+    r = run_vlkd(args.teacher, args.out, replace(cfg, n_test=cfg.n_test or None))
+    z = r['zero_shot_vqa']
+    print(f"text-only QA {r['text_qa_before']['overall']:.2f} before alignment, {r['text_qa_after']['overall']:.2f} "
+          f"after; zero-shot VQA {z['image_gap_closed']['overall']:.2f} (image as it is {z['image']['overall']:.2f}, "
+          f"shuffled image {z['shuffled_image_gap_closed']['overall']:.2f}); zero-shot CIDEr-D "
+          f"{r['zero_shot_caption']['CIDEr']:.3f}; {Path(args.out) / 'results.json'}")
+    return 0
+
 COMMANDS = {'data': _cmd_data, 'demo': _cmd_demo, 'train': _cmd_train, 'eval': _cmd_eval, 'predict': _cmd_predict,
-            'distill': _cmd_distill}
+            'distill': _cmd_distill, 'vlkd': _cmd_vlkd}
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `mmkt` console script: 0 on success, 1 with a one-line `mmkt: error: ...` on bad input."

@@ -40,7 +40,7 @@ def test_bad_arguments_give_a_clear_error(tmp_path):
 
 
 def test_demo_tiny_writes_results_and_predict_works(tmp_path):
-    "`mmkt demo --preset tiny` end to end: every results.json key of the trainer issue, figures; then `mmkt predict`."
+    "`mmkt demo --preset tiny` end to end: every results.json key, figures; then `mmkt predict` and `mmkt vlkd` on it."
     r = run('mmkt', 'demo', '--preset', 'tiny', '--out', str(tmp_path / 'run'), '--data', str(tmp_path / 'data'), '--device', 'cpu',
             'n_train=200', 'n_val=50', 'n_test=50', 'eval_every=20',
             'steps={contrastive: 20, pretrain: 20, vqa: 40, caption: 40}')
@@ -74,6 +74,13 @@ def test_demo_tiny_writes_results_and_predict_works(tmp_path):
     assert lines[0] == 'Q: How many circles are there?' and lines[1].startswith('A: ') and lines[-1].startswith('caption: ')
     bad = run('mmkt', 'predict', '--run', str(tmp_path / 'nope'), '--image', str(image))
     assert bad.returncode == 1 and 'not a run directory' in bad.stderr
+    # the run as the frozen CLIP teacher of chapter 18c's language model
+    v = run('mmkt', 'vlkd', '--teacher', str(tmp_path / 'run'), '--out', str(tmp_path / 'vlkd'), '--text-steps', '6',
+            '--align-steps', '4', '--n-test', '5')
+    assert v.returncode == 0, v.stderr[-3000:]
+    assert 'zero-shot VQA' in v.stdout and (tmp_path / 'vlkd' / 'vlkd.safetensors').is_file()
+    vr = json.loads((tmp_path / 'vlkd' / 'results.json').read_text())
+    assert vr['config']['align_steps'] == 4 and len(vr['zero_shot_vqa']['image']['per_question']) == 50
 
 
 def test_download_scripts_fail_clearly_offline(tmp_path):
