@@ -8,7 +8,8 @@ import torch
 from mmkt_lib.text import train_tokenizer
 from mmkt_lib.textlm import (TextLM, TextLMConfig, answer_text, as_answer, describe_scene, generate, qa_source,
                              seq2seq_loss, span_mask, text_pairs)
-from mmkt_lib.vlkd import AlignData, VLKDMaps, align, close_gap, itcl_loss, modality_gap, pooled, ttdm_loss
+from mmkt_lib.vlkd import (AlignData, VLKDMaps, align, close_gap, itcl_loss, modality_gap, pooled, slot_qa_loss,
+                           ttdm_loss, vlkd_losses)
 
 SCENE = {'objects': [{'shape': 'circle', 'color': 'red', 'size': 'small', 'pixel_coords': [50.0, 10.0]},
                      {'shape': 'square', 'color': 'blue', 'size': 'large', 'pixel_coords': [10.0, 30.0]}]}
@@ -106,3 +107,15 @@ def test_decoder_sees_the_prefix_and_generation_stops(tok):
     assert a.item() != b.item()
     out = generate(lm, tok, ['[MASK]', 'a [MASK]'], prefix=pre, max_new=5)
     assert len(out) == 2 and all(isinstance(o, str) for o in out)
+
+
+def test_icti_and_slot_losses_are_ln_v_for_a_model_that_knows_nothing(tok):
+    "With every weight zero the logits are all equal, so each target token costs ln(V): ICTI and the slot loss alike."
+    lm = TextLM(TextLMConfig(vocab_size=len(tok), dim=16, depth=1, heads=2, max_len=48))
+    maps = VLKDMaps(16, 8, prefix_tokens=2)
+    for p in [*lm.parameters(), *maps.parameters()]: torch.nn.init.zeros_(p)
+    d = _align_data()
+    parts = vlkd_losses(lm, maps, tok, d, [0, 1, 2], scale=10.0, rng=random.Random(0))
+    assert parts['icti'].item() == pytest.approx(math.log(len(tok)), abs=1e-5)
+    assert slot_qa_loss(lm, maps, tok, d, [0, 1]).item() == pytest.approx(math.log(len(tok)), abs=1e-5)
+    assert parts['ttdm'].item() == pytest.approx(1.0, abs=1e-6)      # a zero feature is at distance 1 from unit vectors
