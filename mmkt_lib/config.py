@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from importlib.resources import files
 from pathlib import Path
@@ -122,7 +123,7 @@ class OptimisationSection:
     warmup: float = 0.1                # fraction of the steps
     grad_accum: int = 1
     clip_grad: float = 1.0
-    freeze: list = field(default_factory=list)   # parameter-name prefixes to freeze, e.g. ['clip.visual.blocks.0']
+    freeze: list = field(default_factory=list)   # name prefixes, or image:N / text:N (embeddings + first N blocks)
     mixed_precision: str = 'auto'      # 'auto' (bf16 on GPU), 'no', 'bf16', 'fp16'
 
     def _check_optimisation(self):
@@ -134,6 +135,9 @@ class OptimisationSection:
         if self.lr == 0: raise ValueError("lr must be > 0 (a learning rate of 0 trains nothing)")
         if self.warmup >= 1: raise ValueError(f"warmup is a fraction of the steps, in [0, 1): got {self.warmup}")
         _check_steps('steps', self.steps)
+        bad = [e for e in self.freeze if not isinstance(e, str) or re.fullmatch(r'\w+:.*', e)
+               and not re.fullmatch(r'(image|text):\d+', e)]
+        if bad: raise ValueError(f"freeze entries are name prefixes or image:N / text:N, got {bad}")
 
 # %% ../nbs/12_config.ipynb #1998cfd4
 @dataclass

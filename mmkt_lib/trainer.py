@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import shutil
 import time
 import warnings
@@ -25,10 +26,13 @@ from .checkpoint import (full_state_dict, latest_checkpoint, load_checkpoint, re
                                  save_checkpoint, set_rng_state)
 from .config import RunConfig
 from .core import atomic_write, method_of, to_device
+from .vit import ViT
+from .clip import TextTransformer
 
 # %% auto #0
-__all__ = ['param_groups', 'cosine_schedule', 'freeze', 'EpochSampler', 'freeze_unused', 'after_optimizer_step', 'Trainer',
-           'checkpoint', 'trained_model', 'batches', 'train_step', 'fit', 'after_step', 'log_losses', 'evaluate']
+__all__ = ['param_groups', 'cosine_schedule', 'tower_prefixes', 'freeze', 'EpochSampler', 'freeze_unused', 'after_optimizer_step',
+           'Trainer', 'checkpoint', 'trained_model', 'batches', 'train_step', 'fit', 'after_step', 'log_losses',
+           'evaluate']
 
 # %% ../nbs/14_trainer.ipynb #8d5c0af0
 _NO_DECAY = ('embed', 'cls_token', 'pos_embed', 'mask_token', 'modality', 'logit_scale')
@@ -51,14 +55,37 @@ def cosine_schedule(optimizer, total_steps: int, warmup: float = 0.1):
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - w) / max(1, total_steps - w))))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
 
-def freeze(model: nn.Module, prefixes: list[str]) -> int:
-    "Freeze parameters whose names start with any of `prefixes`; returns how many tensors were frozen."
+_TOWER_ENTRY = re.compile(r'(image|text):(\d+)')
+
+def tower_prefixes(model: nn.Module, kind: str, n: int) -> list[str]:
+    """Names of the parameters that come before block `n` in every `kind` tower of `model` ('image': each `ViT`,
+    'text': each `TextTransformer`): its embeddings and its first `n` blocks (open_clip's locked groups). `n=0`: none."""
+    cls = ViT if kind == 'image' else TextTransformer
+    out = []
+    for name, tower in model.named_modules():
+        if not isinstance(tower, cls) or n == 0: continue
+        if n > len(tower.blocks):
+            raise ValueError(f"freeze: {kind}:{n}, but the {kind} tower '{name}' has {len(tower.blocks)} blocks")
+        started = False
+        for pn, _ in tower.named_parameters():                 # in registration order: embeddings, blocks, norm
+            in_block = pn.startswith('blocks.')
+            if (in_block and int(pn.split('.')[1]) >= n) or (started and not in_block): break
+            started |= in_block
+            out.append(f'{name}.{pn}' if name else pn)
+    return out
+
+def freeze(model: nn.Module, entries: list[str]) -> int:
+    """Freeze the parameters `entries` name: name prefixes, or `image:N` / `text:N` (the embeddings and first N blocks
+    of each such tower); returns how many tensors were frozen. A prefix that names nothing is an error."""
+    prefixes = [e for e in entries if not _TOWER_ENTRY.fullmatch(e)]
+    names = {n for e in entries if (m := _TOWER_ENTRY.fullmatch(e)) for n in tower_prefixes(model, m[1], int(m[2]))}
     n = 0
     for name, p in model.named_parameters():
-        if any(name.startswith(pre) for pre in prefixes):
+        if name in names or any(name.startswith(pre) for pre in prefixes):
             p.requires_grad_(False)
             n += 1
-    if prefixes and n == 0: raise ValueError(f"freeze: no parameter name starts with any of {prefixes}")
+    if prefixes and not any(name.startswith(pre) for name, _ in model.named_parameters() for pre in prefixes):
+        raise ValueError(f"freeze: no parameter name starts with any of {prefixes}")
     return n
 
 # %% ../nbs/14_trainer.ipynb #9aabd8ff

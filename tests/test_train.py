@@ -277,3 +277,16 @@ def test_train_throughput_benchmark_smoke():
     lines = [l for l in r.stdout.splitlines() if l.startswith('| ')]
     assert [l.split(' | ')[1] for l in lines] == ['contrastive', 'pretrain', 'vqa', 'caption']
     assert all('images/s' in l for l in lines)
+
+
+def test_freeze_by_block_counts_keeps_those_blocks_bit_identical(tmp_path, data):
+    "`freeze=[image:2, text:1]` on the VQA stage: the towers' embeddings and first blocks stay as pre-training left them."
+    from safetensors.torch import load_file
+    r = _train(tmp_path / 'run', data, 'stages=[contrastive,vqa]', 'freeze=[image:2,text:1]')
+    assert r.returncode == 0, r.stderr[-3000:]
+    clip = load_file(str(tmp_path / 'run' / 'contrastive.safetensors'))
+    vqa = load_file(str(tmp_path / 'run' / 'vqa.safetensors'))
+    same = lambda k: torch.equal(clip[k], vqa['clip.' + k])
+    assert same('visual.patch_embed.proj.weight') and same('visual.blocks.1.mlp.fc2.weight')
+    assert same('text.token_embedding.weight') and same('text.blocks.0.attn.qkv.weight')
+    assert not same('visual.blocks.2.attn.qkv.weight') and not same('text.blocks.1.attn.qkv.weight')
