@@ -280,7 +280,7 @@ def test_train_throughput_benchmark_smoke():
 
 
 def test_freeze_by_block_counts_keeps_those_blocks_bit_identical(tmp_path, data):
-    "`freeze=[image:2, text:1]` on the VQA stage: the towers' embeddings and first blocks stay as pre-training left them."
+    "`freeze=[image:2, text:1]`: the towers' embeddings and first blocks stay as the first stage left them."
     from safetensors.torch import load_file
     r = _train(tmp_path / 'run', data, 'stages=[contrastive,vqa]', 'freeze=[image:2,text:1]')
     assert r.returncode == 0, r.stderr[-3000:]
