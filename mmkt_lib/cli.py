@@ -21,6 +21,7 @@ from .data import PRESETS, dataset_stats, load_vqa, make_shape_scenes, read_imag
 from .datacheck import check_data, format_report
 from .distill import ARMS, distill
 from .vlkd import experiment_config, run_vlkd
+from .deploy import export_and_check
 from .metrics import prior_accuracy
 from .pipeline import Pipeline, load_run
 from .selftrain import run_experiment
@@ -179,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument('--question', action='append', default=[])
     pr.add_argument('--beam-size', type=int, default=None)
     _transfer_parsers(sub)
+    x = sub.add_parser('export', help="a finished run's encoders and VQA model to ONNX, checked with ONNX Runtime")
+    x.add_argument('--run', required=True, help='a finished run directory')
+    x.add_argument('--out', required=True, help='where the .onnx files and export.json go')
+    x.add_argument('--split', default=None, help="the split to check on (default: the run's test split)")
+    x.add_argument('--max-items', type=int, default=None, help='check on at most this many images (10 questions each)')
     return p
 
 def _transfer_parsers(sub):
@@ -285,8 +291,19 @@ def _cmd_vlkd(args) -> int:
           f"{r['zero_shot_caption']['CIDEr']:.3f}; {Path(args.out) / 'results.json'}")
     return 0
 
+def _cmd_export(args) -> int:
+    r = export_and_check(args.run, args.out, args.split, args.max_items)
+    e, v = r['encoders'], r.get('vqa')
+    print(f"{', '.join(r['files'].values())}: max |ONNX - PyTorch| image {e['image_max_abs_diff']:.1e}, "
+          f"text {e['text_max_abs_diff']:.1e} ({e['images']} {r['split']} images)")
+    if v: print(f"VQA: {v['questions']} questions, max |logit difference| {v['max_abs_diff']:.1e}, "
+                f"same answer {100 * v['same_answer']:.2f}%")
+    ok = max(e['image_max_abs_diff'], e['text_max_abs_diff']) < 1e-4 and (not v or v['max_abs_diff'] < 1e-3)
+    if not ok: print("mmkt: error: the exported graphs disagree with PyTorch (see export.json)", file=sys.stderr)
+    return 0 if ok else 1
+
 COMMANDS = {'data': _cmd_data, 'demo': _cmd_demo, 'train': _cmd_train, 'eval': _cmd_eval, 'predict': _cmd_predict,
-            'distill': _cmd_distill, 'vlkd': _cmd_vlkd}
+            'distill': _cmd_distill, 'vlkd': _cmd_vlkd, 'export': _cmd_export}
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `mmkt` console script: 0 on success, 1 with a one-line `mmkt: error: ...` on bad input."
