@@ -78,9 +78,10 @@ def _examples(pipe) -> tuple[torch.Tensor, dict]:
                    truncation=True, max_length=pipe.cfg.context_length, return_tensors='pt')
     return images, {'input_ids': ids['input_ids'], 'attention_mask': ids['attention_mask']}
 
-def export_run(run, out) -> dict:
-    "Export a finished run's image encoder, text encoder and (if trained) VQA model to `out`, with its text files."
-    pipe = load_run(run)
+def export_run(run, out, pipe=None) -> dict:
+    """Export a finished run's image encoder, text encoder and (if trained) VQA model to `out`, with its text files.
+    `pipe`: the run already loaded (`load_run(run)`), if the caller has it."""
+    pipe = pipe or load_run(run)
     out = Path(out)
     images, text = _examples(pipe)
     B, L = torch.export.Dim('batch'), torch.export.Dim('length', max=pipe.cfg.context_length)
@@ -157,10 +158,10 @@ def check_encoders(pipe, files: dict, split: str, max_items: int | None = None, 
 # %% ../nbs/19_deployment.ipynb #1b061d62
 def export_and_check(run, out, split: str | None = None, max_items: int | None = None) -> dict:
     "Export a run (`export_run`), check every graph on `split` (default: the run's test split); `OUT/export.json`."
-    t = time.time()
-    files = export_run(run, out)
-    rec = {'run': str(run), 'files': files, 'export_seconds': round(time.time() - t, 1)}
     pipe = load_run(run)
+    t = time.time()
+    files = export_run(run, out, pipe)
+    rec = {'run': str(run), 'files': files, 'export_seconds': round(time.time() - t, 1)}
     split = split or pipe.cfg.test_split
     rec['split'] = split
     rec['encoders'] = check_encoders(pipe, files, split, max_items)

@@ -365,7 +365,7 @@ def supervised_captions(teacher, split: str, image_ids: set) -> dict:
 def collect_vlkd(runs: list, teacher) -> dict:
     "Every seed's zero-shot scores beside the prior and the teacher's supervised models, with paired intervals."
     res = [load_json(Path(r) / 'results.json') for r in runs]
-    t, data, split, sup, qs = test_vqa(teacher)
+    _, data, split, sup, qs = test_vqa(teacher)
     image_of = {q: v['image_id'] for q, v in qs.items()}
     pq = lambda r, k: _ints(r['zero_shot_vqa'][k]['per_question'])
     img, shuf = [pq(r, MAIN) for r in res], [pq(r, 'shuffled_' + MAIN) for r in res]
