@@ -22,6 +22,7 @@ min_python = cfg['min_python']
 requirements = shlex.split(cfg.get('requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
 export_requirements = shlex.split(cfg.get('export_requirements', ''))   # pip install mmkt_lib[export]: ONNX
+quantize_requirements = shlex.split(cfg.get('quantize_requirements', ''))   # mmkt_lib[quantize]: torchao
 console_scripts = cfg.get('console_scripts', '').split()
 readme = Path(__file__).parent / 'README.md'
 
@@ -39,7 +40,7 @@ setup(
                                                 exclude=['*.__pycache__']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements, 'export': export_requirements},
+    extras_require={'dev': dev_requirements, 'export': export_requirements, 'quantize': quantize_requirements},
     dependency_links=cfg.get('dep_links', '').split(),
     python_requires='>=' + min_python,
     long_description=readme.read_text(encoding='utf-8') if readme.exists() else cfg['description'],

@@ -22,6 +22,7 @@ from .datacheck import check_data, format_report
 from .distill import ARMS, distill
 from .vlkd import experiment_config, run_vlkd
 from .deploy import export_and_check
+from .quantize import MODES, PARTS, quantize_run
 from .metrics import prior_accuracy
 from .pipeline import Pipeline, load_run
 from .selftrain import run_experiment
@@ -185,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument('--out', required=True, help='where the .onnx files and export.json go')
     x.add_argument('--split', default=None, help="the split to check on (default: the run's test split)")
     x.add_argument('--max-items', type=int, default=None, help='check on at most this many images (10 questions each)')
+    q = sub.add_parser('quantize', help="a finished run's models with int8 weights (torchao), saved and scored")
+    q.add_argument('--run', required=True, help='a finished run directory')
+    q.add_argument('--out', required=True, help='where quantized.pt, quantize.json and scores.json go')
+    q.add_argument('--parts', default=','.join(PARTS), help=f"comma-separated components of {', '.join(PARTS)}")
+    q.add_argument('--mode', default=MODES[0], choices=list(MODES))
+    q.add_argument('--split', default=None, help="the split to score on (default: the run's test split)")
     return p
 
 def _transfer_parsers(sub):
@@ -302,8 +309,20 @@ def _cmd_export(args) -> int:
     if not ok: print("mmkt: error: the exported graphs disagree with PyTorch (see export.json)", file=sys.stderr)
     return 0 if ok else 1
 
+def _cmd_quantize(args) -> int:
+    parts = [p.strip() for p in args.parts.split(',') if p.strip()]
+    r = quantize_run(args.run, args.out, parts, args.mode, args.split)
+    f = r['float']
+    def fmt(x, spec): return '-' if x is None else format(x, spec)
+    print(f"{args.mode} {'+'.join(parts)}: {r['file_bytes'] / 1e6:.2f} MB ({f['bytes'] / 1e6:.2f} MB float); "
+          f"VQA {fmt(r['vqa'], '.2f')} ({fmt(f['vqa'], '.2f')}), CIDEr-D {fmt(r['CIDEr'], '.3f')} "
+          f"({fmt(f['CIDEr'], '.3f')}); embedding cosine to float: image {r['image_cos']:.4f}, "
+          f"text {r['text_cos']:.4f}; {Path(args.out) / 'scores.json'}")
+    return 0
+
 COMMANDS = {'data': _cmd_data, 'demo': _cmd_demo, 'train': _cmd_train, 'eval': _cmd_eval, 'predict': _cmd_predict,
-            'distill': _cmd_distill, 'vlkd': _cmd_vlkd, 'export': _cmd_export}
+            'distill': _cmd_distill, 'vlkd': _cmd_vlkd, 'export': _cmd_export,
+            'quantize': _cmd_quantize}
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `mmkt` console script: 0 on success, 1 with a one-line `mmkt: error: ...` on bad input."
