@@ -18,8 +18,8 @@ import torch
 from .config import load_config
 from .experiments import _mean_range, seed_bootstrap, test_vqa
 from .grid import budget_task, from_root
-from .pipeline import Pipeline, load_run
-from .trainer import freeze
+from .pipeline import STAGE_LOSSES, Pipeline, load_run
+from .trainer import freeze, freeze_unused
 
 # %% auto #0
 __all__ = ['freeze_arms', 'trainable_parameters', 'freeze_task', 'freeze_tasks', 'freeze_scores', 'step_seconds',
@@ -35,10 +35,12 @@ def freeze_arms(vision_depth: int, text_depth: int) -> dict[str, list[str]]:
     return arms
 
 # %% ../nbs/19c_frozen_layers.ipynb #2e316938
-def trainable_parameters(model, entries: list[str]) -> int:
-    "Parameters of `model` left trainable by `freeze(model, entries)` (the model is left as it was)."
+def trainable_parameters(model, entries: list[str], loss_fn=None, batch=None) -> int:
+    """Parameters of `model` that training with `freeze(model, entries)` updates (and, given `loss_fn` and `batch`,
+    that the loss reaches, as `freeze_unused` decides); the model is left as it was."""
     was = {n: p.requires_grad for n, p in model.named_parameters()}
     freeze(model, entries)
+    if loss_fn is not None: freeze_unused(model, loss_fn, batch)
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     for name, p in model.named_parameters(): p.requires_grad_(was[name])
     return n
@@ -68,10 +70,12 @@ def freeze_scores(run) -> dict:
     "One frozen-layer run's test VQA (overall, per family, per question), trainable parameters and seconds per step."
     r, _, _, per_q, qs = test_vqa(run)
     cfg = r['config']
-    model = load_run(run).vqa
+    pipe = load_run(run)
+    ds, collate = pipe.stage_data('vqa')
+    batch = collate([ds[i] for i in range(min(2, len(ds)))])
     return {'vqa': r['vqa']['overall'], 'per_family': r['vqa']['per_family'], 'prior_vqa': r['baseline']['prior_vqa'],
-            'trainable': trainable_parameters(model, cfg['freeze']),
-            'parameters': sum(p.numel() for p in model.parameters()),
+            'trainable': trainable_parameters(pipe.vqa, cfg['freeze'], STAGE_LOSSES['vqa'], batch),
+            'parameters': sum(p.numel() for p in pipe.vqa.parameters()),
             's_per_step': round(r['seconds']['vqa'] / cfg['steps']['vqa'], 4),
             '_per_question': per_q, '_image_of': {q: x['image_id'] for q, x in qs.items()}}
 
@@ -79,7 +83,8 @@ def freeze_scores(run) -> dict:
 def step_seconds(task: dict, out, steps: int = 60, every: int = 20) -> float:
     "Seconds per training step of `task`'s VQA stage on one thread, from step `every` to step `steps`."
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists(): shutil.rmtree(out)               # a scratch run: a finished one would not train again
+    out.mkdir(parents=True)
     cfg = load_config(task['base'], {**task['over'], 'out': str(out), 'steps': f'{{vqa: {steps}}}',
                                      'log_every': str(every)})
     cfg.data = str(from_root(cfg.data))

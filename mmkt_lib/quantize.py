@@ -117,9 +117,14 @@ def load_quantized(path):
     meta = load_json(path / 'quantize.json')
     if quantize_requirements(): raise RuntimeError(quantize_requirements())
     pipe = load_run(meta['run'])
-    states = torch.load(path / 'quantized.pt', weights_only=True)
+    try:
+        states = torch.load(path / 'quantized.pt', weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise ValueError(f"{path / 'quantized.pt'}: not a readable quantized state ({type(e).__name__}: {e})") from e
     for k, m in _models(pipe).items():
-        if k not in states: raise KeyError(f"{path / 'quantized.pt'}: no weights for the run's {k} model")
+        if k not in states: raise ValueError(f"{path / 'quantized.pt'}: no weights for the run's {k} model")
         m.load_state_dict(states[k], assign=True)
         m.eval()
     return pipe
@@ -171,7 +176,8 @@ def latency(pipe, runs: int = 30, threads: int = 1) -> dict:
     try:
         if pipe.pre is not None: out['image_embed_ms'] = median_ms(lambda: pipe.pre.clip.encode_image(img), runs)
         if pipe.vqa is not None:
-            out['vqa_ms'] = median_ms(lambda: pipe.vqa.eval()(img, q['input_ids'], q['attention_mask']), runs)
+            vqa = pipe.vqa.eval()
+            out['vqa_ms'] = median_ms(lambda: vqa(img, q['input_ids'], q['attention_mask']), runs)
         if pipe.captioner is not None:
             cap = pipe.captioner.eval()
             out['caption_ms'] = median_ms(lambda: beam_search(

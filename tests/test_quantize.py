@@ -60,3 +60,13 @@ def test_mmkt_quantize_names_a_directory_that_is_not_a_run(tmp_path):
 def test_load_quantized_names_a_missing_record(tmp_path):
     with pytest.raises(FileNotFoundError, match='quantize.json'):
         load_quantized(tmp_path)
+
+
+def test_load_quantized_names_a_damaged_file(run, tmp_path):
+    from mmkt_lib.pipeline import load_run
+    from mmkt_lib.quantize import quantize_pipeline, save_quantized
+    save_quantized(quantize_pipeline(load_run(run), ['text']), tmp_path / 'q', run, ['text'], 'int8-weight')
+    assert type(load_quantized(tmp_path / 'q').pre.clip.text.blocks[0].mlp.fc1.weight).__name__ == 'Int8Tensor'
+    (tmp_path / 'q' / 'quantized.pt').write_bytes(b'not a checkpoint')
+    with pytest.raises(ValueError, match='quantized.pt: not a readable quantized state'):
+        load_quantized(tmp_path / 'q')
