@@ -342,3 +342,6 @@ def show_quantization(rows: list[dict]):
     for r in rows:
         print(f"{r['name']:28s} " + ' '.join(_f(r.get(k), f).rjust(int(f.split('.')[0])) for _, k, f in cols)
               + f" {r['bytes'] / 1e6:5.2f} " + ' '.join(_f(r['latency'].get(k), '6.2f').rjust(6) for _, k in lats))
+    fams = list(rows[0]['per_family'])
+    print(f"\nVQA per family\n{'configuration':28s} " + ' '.join(f'{f:>10s}' for f in fams))
+    for r in rows: print(f"{r['name']:28s} " + ' '.join(_f(r['per_family'].get(f), '10.2f') for f in fams))
