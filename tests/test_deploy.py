@@ -1,21 +1,12 @@
 "ONNX export (chapter 19): `mmkt export` on a small trained run, checked with ONNX Runtime; skipped without the extra."
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from _mmkt import mmkt
 
 from mmkt_lib.deploy import export_requirements
 
 pytestmark = pytest.mark.skipif(export_requirements() is not None, reason=str(export_requirements()))
-BIN = Path(sys.executable).parent
-
-
-def mmkt(*args):
-    env = {**os.environ, 'PATH': f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", 'OMP_NUM_THREADS': '1'}
-    return subprocess.run(['mmkt', *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 def test_mmkt_export_writes_graphs_that_agree_with_pytorch(tmp_path):

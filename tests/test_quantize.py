@@ -1,22 +1,13 @@
 "Quantization (chapter 19b): `mmkt quantize` on a small trained run, saved, loaded and scored; skipped without torchao."
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from _mmkt import mmkt
 
 from mmkt_lib.quantize import load_quantized, quantize_requirements
 
 pytestmark = pytest.mark.skipif(quantize_requirements() is not None, reason=str(quantize_requirements()))
-BIN = Path(sys.executable).parent
-
-
-def mmkt(*args):
-    env = {**os.environ, 'PATH': f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", 'OMP_NUM_THREADS': '1'}
-    return subprocess.run(['mmkt', *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 @pytest.fixture(scope='module')
