@@ -9,6 +9,8 @@ import contextlib
 import json
 import os
 import random
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +21,8 @@ import torch
 
 # %% auto #0
 __all__ = ['DataError', 'set_seed', 'seed_worker', 'get_device', 'autocast_dtype', 'autocast', 'to_device', 'count_parameters',
-           'load_json', 'require_fields', 'atomic_write', 'save_json', 'eval_mode', 'method_of', 'timer', 'in_test']
+           'load_json', 'require_fields', 'atomic_write', 'save_json', 'eval_mode', 'method_of', 'timer', 'in_test',
+           'chapter_dir', 'chapter_file']
 
 # %% ../nbs/00_core.ipynb #782a6033
 class DataError(ValueError):
@@ -176,3 +179,33 @@ def timer(store: dict | None = None, key: str = 'seconds', sync_cuda: bool = Tru
 def in_test() -> bool:
     "True when running under `nbdev_test` (which sets the `IN_TEST` environment variable)."
     return bool(os.environ.get('IN_TEST'))
+
+# %% ../nbs/00_core.ipynb #c3b4ae66
+def chapter_dir(name: str) -> Path:
+    """Where chapter `name` (e.g. '06_clip') leaves what later chapters start from: `runs/chapters/{reading,test}/name`
+    in the repository (the folder holding `settings.ini` at or above the working directory)."""
+    start = Path.cwd().resolve()
+    root = next((p for p in (start, *start.parents) if (p / 'settings.ini').is_file()), start)
+    return root / 'runs' / 'chapters' / ('test' if in_test() else 'reading') / name
+
+
+_RUN_CHAPTER = """import sys
+from pathlib import Path
+import nbdev.test
+nbdev.test.IN_NOTEBOOK = True    # test_nb would set IN_TEST: the chapter is to run at the caller's size
+ok, _ = nbdev.test.test_nb(Path(sys.argv[1]), skip_flags=['slow', 'gpu'])
+sys.exit(0 if ok else 1)
+"""
+
+def chapter_file(name: str, file: str) -> Path:
+    "`file` in `chapter_dir(name)`, running chapter `name` first (as `nbdev_test` does) when it is absent."
+    p = chapter_dir(name) / file
+    if p.is_file(): return p
+    nb = p.parents[4] / 'nbs' / f'{name}.ipynb'                   # <root>/runs/chapters/<size>/<name>/<file>
+    if not nb.is_file(): raise FileNotFoundError(f"{p} is absent and there is no chapter {nb} to build it")
+    r = subprocess.run([sys.executable, '-c', _RUN_CHAPTER, str(nb)], capture_output=True, text=True)
+    if r.returncode or not p.is_file():
+        tail = '\n'.join((r.stderr or r.stdout).strip().split('\n')[-15:])
+        raise RuntimeError(f"{nb} ran to build {p.name} but " + ("failed" if r.returncode else "did not save it")
+                           + f":\n{tail}")
+    return p

@@ -87,6 +87,7 @@ class PretrainConfig:
     weights: dict = field(default_factory=lambda: {'itc': 1.0, 'itm': 1.0, 'mlm': 1.0, 'mpm': 0.0})
     mlm_prob: float = 0.15
     mpm_ratio: float = 0.4
+    itm_negatives: str = 'hard'             # 'hard' (ALBEF) or 'random': uniform over the allowed captions / images
 
 # %% ../nbs/08_mlm.ipynb #b9448fac
 class VLPretrainModel(nn.Module):
@@ -103,6 +104,10 @@ class VLPretrainModel(nn.Module):
         self.mlm_head = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.LayerNorm(D), nn.Linear(D, V))
         self.masker = MLMMasker(tokenizer, cfg.mlm_prob)
         self.itc = ContrastiveLoss()
+        if cfg.itm_negatives not in ('hard', 'random'):
+            raise ValueError(f"itm_negatives must be 'hard' or 'random', got {cfg.itm_negatives!r}")
+        # random negatives are hard negatives drawn at infinite temperature: a uniform choice among the allowed
+        self.itm_temperature = 1.0 if cfg.itm_negatives == 'hard' else float('inf')
         if cfg.weights.get('mpm', 0) > 0:
             if cfg.fusion == 'late' or (cfg.fusion == 'cross' and not fc.co_attention):
                 raise ValueError("masked patch reconstruction needs image tokens informed by the text: "
@@ -125,8 +130,8 @@ class VLPretrainModel(nn.Module):
         if w.get('itm', 0) > 0:
             sim = (ie @ te.T).detach()
             same = (input_ids[:, None, :] == input_ids[None, :, :]).all(-1)                  # (B, B) identical captions
-            neg_txt = hard_negatives(sim, same, generator)                                   # a caption for each image
-            neg_img = hard_negatives(sim.T, same.T, generator)                               # an image for each caption
+            neg_txt = hard_negatives(sim, same, generator, self.itm_temperature)             # a caption for each image
+            neg_img = hard_negatives(sim.T, same.T, generator, self.itm_temperature)         # an image for each caption
             ar = torch.arange(B, device=images.device)
             f = self.fuse(img_tok, torch.cat([txt_tok, txt_tok.index_select(0, neg_txt), txt_tok]),
                           torch.cat([attention_mask, attention_mask[neg_txt], attention_mask]),
