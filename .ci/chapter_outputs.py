@@ -64,14 +64,18 @@ def set_cpu_line(nb: dict, seconds: float, smaller: bool):
     cell['source'] = '\n'.join(lines[:at] + ['', line] + lines[at:]).replace('\n\n\n', '\n\n')
 
 
+NOISE = re.compile(r'site-packages/|^[WIE]\d{4} \d\d:\d\d:\d\d|\d+%\|')   # warnings, torch's log lines, progress bars
+
+
 def quiet(outputs: list) -> list:
-    "Drop the warnings that third-party packages print on import (they name this machine's paths, teach nothing)."
+    """Drop what third-party packages print on stderr as they load (warnings naming this machine's paths, torch's
+    log lines, progress bars): it teaches nothing and changes from run to run."""
     kept = []
     for o in outputs:
         if o.get('name') == 'stderr':
             lines, text = o['text'].split('\n'), []
             for i, l in enumerate(lines):
-                if 'site-packages/' in l or (i and 'site-packages/' in lines[i - 1] and l.startswith('  ')): continue
+                if NOISE.search(l) or (i and 'site-packages/' in lines[i - 1] and l.startswith('  ')): continue
                 text.append(l)
             o['text'] = '\n'.join(text)
             if not o['text'].strip(): continue
