@@ -22,7 +22,8 @@ def _chapter(tmp: Path, name: str = '05_demo', outputs=(PNG,), code: str = "from
     nb = {'cells': [cell], 'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5}
     (tmp / 'nbs' / f'{name}.ipynb').write_text(json.dumps(nb))
     fp = co.fingerprint(name, tmp / 'nbs', tmp / 'lib')
-    (tmp / 'nbs' / 'executed.json').write_text(json.dumps({name: {'cpu_seconds': 1.0, 'threads': 1, 'fingerprint': fp}}))
+    record = {name: {'cpu_seconds': 1.0, 'threads': 1, 'fingerprint': fp}}
+    (tmp / 'nbs' / 'executed.json').write_text(json.dumps(record))
     return tmp / 'nbs' / f'{name}.ipynb'
 
 
