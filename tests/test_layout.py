@@ -113,3 +113,36 @@ def test_functions_and_modules_read_at_a_glance():
     assert _function_lengths()[0][0] <= 40, _function_lengths()[:5]
     sizes = {p.name: len(p.read_text().splitlines()) for p in LIB.glob('*.py') if p.stem != '_modidx'}
     assert max(sizes.values()) <= 450, sorted(sizes.items(), key=lambda t: -t[1])[:3]
+
+
+def _exported_names() -> dict:
+    "Name of every exported function and class -> the chapter that defines it."
+    defined = {}
+    for path in sorted((ROOT / 'nbs').glob('*.ipynb')):
+        for cell in json.loads(path.read_text())['cells']:
+            src = ''.join(cell['source'])
+            if cell['cell_type'] == 'code' and src.startswith('#| export'):
+                for m in re.finditer(r'^(?:def|class)\s+([A-Za-z]\w+)', src, re.M):
+                    defined.setdefault(m.group(1), path.stem)
+    return defined
+
+
+# split names and dictionary keys that happen to share a name with a later chapter's function
+_NOT_NAMES = {'train', 'pooled'}
+
+
+def test_prose_names_nothing_before_it_is_taught():
+    "A chapter's prose names (in backticks) no function or class of a later chapter without saying which chapter."
+    defined, order = _exported_names(), [p.stem for p in sorted((ROOT / 'nbs').glob('*.ipynb'))]
+    early = []
+    for path in sorted((ROOT / 'nbs').glob('*.ipynb')):
+        for cell in json.loads(path.read_text())['cells']:
+            if cell['cell_type'] != 'markdown': continue
+            text = ''.join(cell['source'])
+            for m in re.finditer(r'`([A-Za-z_]\w+)(?:\(\))?`', text):
+                where = defined.get(m.group(1))
+                near = text[max(0, m.start() - 60):m.end() + 20]
+                if (where and m.group(1) not in _NOT_NAMES and order.index(where) > order.index(path.stem)
+                        and not re.search(r'[Cc]hapter', near)):
+                    early.append(f"{path.stem}: `{m.group(1)}` is taught in {where}")
+    assert not early, early
