@@ -5,10 +5,10 @@
     OMP_NUM_THREADS=1 python benchmarks/oracle_tokens.py --tokens oracle --steps 300 --out runs/oracle/o300
     # the real tower in the same loop, for comparison:
     OMP_NUM_THREADS=1 python benchmarks/oracle_tokens.py --tokens tower --steps 300 --out runs/oracle/t300
-    # options: --positions sincos (an oracle token's place as 2-D sines and cosines), --stem conv (the tower with
-    # sample_efficiency.py's convolutional stem), --loss ce (softmax cross-entropy on the normalised soft scores
-    # instead of the library's soft-score BCE), --lr, --eval-every; extra key=value arguments override
-    # mmkt_lib/configs/shapes_default.yaml
+    # options: --readout mean (the fusion read out as the mean of its text states), --positions sincos (an oracle
+    # token's place as 2-D sines and cosines), --stem conv (the tower with sample_efficiency.py's convolutional stem),
+    # --loss ce (softmax cross-entropy on the normalised soft scores instead of the library's soft-score BCE), --lr,
+    # --eval-every, --only TEMPLATE...; extra key=value arguments override mmkt_lib/configs/shapes_default.yaml
     python benchmarks/oracle_tokens.py table runs/oracle/*
     python benchmarks/oracle_tokens.py templates runs/oracle/*     # per question template, last validation
     python benchmarks/oracle_tokens.py plot benchmarks/oracle_tokens.png runs/oracle/*
@@ -85,6 +85,19 @@ def _subset(qpath, apath, qids: set, out: Path):
     return paths
 
 
+class MeanReadout(nn.Module):
+    "A fusion read out as the mean of its text states over the real tokens, instead of at one position."
+    def __init__(self, fusion: nn.Module):
+        super().__init__()
+        self.inner, self.cfg = fusion, fusion.cfg
+
+    def forward(self, image_tokens, text_tokens, text_mask=None, image_index=None, return_attn=False,
+                pooled_only=False):
+        out = self.inner(image_tokens, text_tokens, text_mask, image_index, return_attn, pooled_only=False)
+        m = text_mask.to(out['tokens'].dtype)[..., None]                                    # (Q, L, 1)
+        return {**out, 'pooled': (out['tokens'] * m).sum(1) / m.sum(1)}
+
+
 def soft_ce(logits, targets):
     "Softmax cross-entropy against the soft scores normalised to a distribution."
     t = targets / targets.sum(1, keepdim=True).clamp_min(1e-6)
@@ -112,6 +125,8 @@ def train(args, overrides):
         from sample_efficiency import ConvStem
         v = model.clip.visual
         v.patch_embed = ConvStem(v.cfg.dim, v.cfg.patch_size)
+    if args.readout == 'mean':
+        model.fusion = MeanReadout(model.fusion)
     ds, col = p.vqa_data(cfg.train_split, True)
     vds, vcol = p.vqa_data(cfg.val_split, False)
     if args.only:   # train and validate on these question templates alone
@@ -176,6 +191,7 @@ def table(runs):
         pts = ', '.join(f"{e['val_vqa']:.1f} @ {e['step']}" for e in c) + f" ({c[-1]['seconds']} s)"
         last = ' / '.join(f"{c[-1][f]:.1f}" if f in c[-1] else '-' for f in fams)
         kind = f"{a.get('stem', 'patch')} stem" if a['tokens'] == 'tower' else f"{a.get('positions', 'xy')} positions"
+        kind += ', mean read-out' if a.get('readout') == 'mean' else ''
         tok = f"{a['tokens']} ({kind})"
         print(f"| {run.name} | {tok}, {a['loss']}, {a['steps']} {' '.join(r['overrides'])} | {pts} | {last} |")
 
@@ -235,6 +251,8 @@ def main():
     ap.add_argument('--steps', type=int, default=300)
     ap.add_argument('--eval-every', type=int, default=100)
     ap.add_argument('--lr', type=float, default=1e-3)
+    ap.add_argument('--readout', choices=('fusion', 'mean'), default='fusion',
+                    help="the fusion's own read-out, or the mean of its text states")
     ap.add_argument('--only', nargs='*', default=[], help='question templates to train and validate on alone')
     ap.add_argument('--threads', type=int, default=1)
     ap.add_argument('--data', default='data/shapes')
