@@ -5,7 +5,8 @@
     OMP_NUM_THREADS=1 python benchmarks/oracle_tokens.py --tokens oracle --steps 300 --out runs/oracle/o300
     # the real tower in the same loop, for comparison:
     OMP_NUM_THREADS=1 python benchmarks/oracle_tokens.py --tokens tower --steps 300 --out runs/oracle/t300
-    # options: --readout mean (the fusion read out as the mean of its text states), --positions sincos (an oracle
+    # options: --readout mean|meanfirst (the fusion read out as the mean of its text states, or its first
+    # position started from the mean of the text states), --positions sincos (an oracle
     # token's place as 2-D sines and cosines), --stem conv (the tower with sample_efficiency.py's convolutional stem),
     # --loss ce (softmax cross-entropy on the normalised soft scores instead of the library's soft-score BCE), --lr,
     # --eval-every, --only TEMPLATE...; extra key=value arguments override mmkt_lib/configs/shapes_default.yaml
@@ -98,6 +99,21 @@ class MeanReadout(nn.Module):
         return {**out, 'pooled': (out['tokens'] * m).sum(1) / m.sum(1)}
 
 
+class MeanFirst(nn.Module):
+    """A fusion whose first text position (the one it reads out) starts from the mean of the question's text states
+    rather than from [BOS], whose state a causal encoder makes the same for every question."""
+    def __init__(self, fusion: nn.Module):
+        super().__init__()
+        self.inner, self.cfg = fusion, fusion.cfg
+
+    def forward(self, image_tokens, text_tokens, text_mask=None, image_index=None, return_attn=False,
+                pooled_only=False):
+        m = text_mask.to(text_tokens.dtype)[..., None]                                      # (Q, L, 1)
+        mean = (text_tokens * m).sum(1, keepdim=True) / m.sum(1, keepdim=True)               # (Q, 1, D)
+        text = torch.cat([mean, text_tokens[:, 1:]], 1)
+        return self.inner(image_tokens, text, text_mask, image_index, return_attn, pooled_only)
+
+
 def soft_ce(logits, targets):
     "Softmax cross-entropy against the soft scores normalised to a distribution."
     t = targets / targets.sum(1, keepdim=True).clamp_min(1e-6)
@@ -127,6 +143,8 @@ def train(args, overrides):
         v.patch_embed = ConvStem(v.cfg.dim, v.cfg.patch_size)
     if args.readout == 'mean':
         model.fusion = MeanReadout(model.fusion)
+    elif args.readout == 'meanfirst':
+        model.fusion = MeanFirst(model.fusion)
     ds, col = p.vqa_data(cfg.train_split, True)
     vds, vcol = p.vqa_data(cfg.val_split, False)
     if args.only:   # train and validate on these question templates alone
@@ -191,7 +209,7 @@ def table(runs):
         pts = ', '.join(f"{e['val_vqa']:.1f} @ {e['step']}" for e in c) + f" ({c[-1]['seconds']} s)"
         last = ' / '.join(f"{c[-1][f]:.1f}" if f in c[-1] else '-' for f in fams)
         kind = f"{a.get('stem', 'patch')} stem" if a['tokens'] == 'tower' else f"{a.get('positions', 'xy')} positions"
-        kind += ', mean read-out' if a.get('readout') == 'mean' else ''
+        kind += {'mean': ', mean read-out', 'meanfirst': ', first position from the mean'}.get(a.get('readout'), '')
         tok = f"{a['tokens']} ({kind})"
         print(f"| {run.name} | {tok}, {a['loss']}, {a['steps']} {' '.join(r['overrides'])} | {pts} | {last} |")
 
@@ -251,8 +269,9 @@ def main():
     ap.add_argument('--steps', type=int, default=300)
     ap.add_argument('--eval-every', type=int, default=100)
     ap.add_argument('--lr', type=float, default=1e-3)
-    ap.add_argument('--readout', choices=('fusion', 'mean'), default='fusion',
-                    help="the fusion's own read-out, or the mean of its text states")
+    ap.add_argument('--readout', choices=('fusion', 'mean', 'meanfirst'), default='fusion',
+                    help="the fusion's own read-out, the mean of its text states, or its first position started from "
+                         "the mean of the text encoder's states")
     ap.add_argument('--only', nargs='*', default=[], help='question templates to train and validate on alone')
     ap.add_argument('--threads', type=int, default=1)
     ap.add_argument('--data', default='data/shapes')
