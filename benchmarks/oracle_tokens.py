@@ -32,6 +32,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from mmkt_lib.fusion import _masked_mean
+
 SHAPES = ('circle', 'square', 'triangle')
 COLORS = ('red', 'green', 'blue', 'yellow', 'purple', 'cyan')
 MAX_OBJECTS = 5
@@ -95,8 +97,7 @@ class MeanReadout(nn.Module):
     def forward(self, image_tokens, text_tokens, text_mask=None, image_index=None, return_attn=False,
                 pooled_only=False):
         out = self.inner(image_tokens, text_tokens, text_mask, image_index, return_attn, pooled_only=False)
-        m = text_mask.to(out['tokens'].dtype)[..., None]                                    # (Q, L, 1)
-        return {**out, 'pooled': (out['tokens'] * m).sum(1) / m.sum(1)}
+        return {**out, 'pooled': _masked_mean(out['tokens'], text_mask)}                     # (Q, D)
 
 
 class MeanFirst(nn.Module):
@@ -108,8 +109,7 @@ class MeanFirst(nn.Module):
 
     def forward(self, image_tokens, text_tokens, text_mask=None, image_index=None, return_attn=False,
                 pooled_only=False):
-        m = text_mask.to(text_tokens.dtype)[..., None]                                      # (Q, L, 1)
-        mean = (text_tokens * m).sum(1, keepdim=True) / m.sum(1, keepdim=True)               # (Q, 1, D)
+        mean = _masked_mean(text_tokens, text_mask)[:, None]                                 # (Q, 1, D)
         text = torch.cat([mean, text_tokens[:, 1:]], 1)
         return self.inner(image_tokens, text, text_mask, image_index, return_attn, pooled_only)
 
