@@ -5,8 +5,9 @@
     OMP_NUM_THREADS=1 python benchmarks/oracle_tokens.py --tokens oracle --steps 300 --out runs/oracle/o300
     # the real tower in the same loop, for comparison:
     OMP_NUM_THREADS=1 python benchmarks/oracle_tokens.py --tokens tower --steps 300 --out runs/oracle/t300
-    # options: --readout mean|meanfirst (the fusion read out as the mean of its text states, or its first
-    # position started from the mean of the text states), --positions sincos (an oracle
+    # options: --readout mean|meanfirst|query (the fusion read out as the mean of its text states, its first
+    # position started from the mean of the text states, or in place of the fusion one pooled question vector that
+    # attends over the image, `QuestionQuery`), --positions sincos (an oracle
     # token's place as 2-D sines and cosines), --stem conv (the tower with sample_efficiency.py's convolutional stem),
     # --loss ce (softmax cross-entropy on the normalised soft scores instead of the library's soft-score BCE), --lr,
     # --eval-every, --only TEMPLATE...; extra key=value arguments override mmkt_lib/configs/shapes_default.yaml
@@ -33,22 +34,31 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from mmkt_lib.fusion import _masked_mean
+from mmkt_lib.scenes import PRESETS
 
-SHAPES = ('circle', 'square', 'triangle')
-COLORS = ('red', 'green', 'blue', 'yellow', 'purple', 'cyan')
-MAX_OBJECTS = 5
-
-
+MAX_OBJECTS = 5      # ShapeScenes' default preset
 FREQS = (1, 2, 4, 8)
 
 
-def object_features(obj: dict, image_size: int = 64, sincos: bool = False) -> torch.Tensor:
-    """One-hot shape (3), colour (6), size (2), then the centre's x and y in [-0.5, 0.5] (13 values), or with
-    `sincos` sines and cosines of x and y at four frequencies (11 + 16 values), as the tower's 2-D positions are."""
-    f = torch.zeros(11)
-    f[SHAPES.index(obj['shape'])] = 1
-    f[3 + COLORS.index(obj['color'])] = 1
-    f[9 + (obj['size'] == 'large')] = 1
+def scene_vocab(preset: str = 'default') -> tuple:
+    "(shapes, colours, sizes, image size) of a ShapeScenes preset: the order of an oracle token's one-hot parts."
+    c = PRESETS[preset]
+    return tuple(c.shapes), tuple(c.colors), tuple(c.sizes), c.image_size
+
+
+def feature_dim(vocab: tuple, sincos: bool = False) -> int:
+    return sum(map(len, vocab[:3])) + (4 * len(FREQS) if sincos else 2)
+
+
+def object_features(obj: dict, vocab: tuple = scene_vocab(), sincos: bool = False) -> torch.Tensor:
+    """One-hot shape, colour and size (3 + 6 + 2 in the default preset), then the centre's x and y in [-0.5, 0.5]
+    (13 values), or with `sincos` sines and cosines of x and y at four frequencies (11 + 16 values), as the tower's 2-D
+    positions are."""
+    shapes, colors, sizes, image_size = vocab
+    f = torch.zeros(len(shapes) + len(colors) + len(sizes))
+    f[shapes.index(obj['shape'])] = 1
+    f[len(shapes) + colors.index(obj['color'])] = 1
+    f[len(shapes) + len(colors) + sizes.index(obj['size'])] = 1
     xy = torch.tensor(obj['pixel_coords'][:2]) / image_size - 0.5                         # (2,)
     if not sincos:
         return torch.cat([f, xy])
@@ -57,15 +67,16 @@ def object_features(obj: dict, image_size: int = 64, sincos: bool = False) -> to
 
 
 class OracleTower(nn.Module):
-    """Stands in for the image tower: `forward_features` returns (B, 1 + MAX_OBJECTS, D) tokens, a learned first token,
-    one token per object (an MLP of its exact features) and learned filler tokens for the missing objects. The image
-    ids of the batch are set in `ids` before each forward pass."""
-    def __init__(self, scenes: list, dim: int = 96, sincos: bool = False):
+    """Stands in for the image tower: `forward_features` returns (B, 1 + max_objects, D) tokens, a learned first
+    token, one token per object (an MLP of its exact features) and learned filler tokens for the missing objects. The
+    image ids of the batch are set in `ids` before each forward pass."""
+    def __init__(self, scenes: list, dim: int = 96, sincos: bool = False, vocab: tuple = scene_vocab()):
         super().__init__()
-        self.table = {s['image_id']: torch.stack([object_features(o, sincos=sincos) for o in s['objects']])
+        self.table = {s['image_id']: torch.stack([object_features(o, vocab, sincos) for o in s['objects']])
                       for s in scenes}
-        self.proj = nn.Sequential(nn.Linear(27 if sincos else 13, dim), nn.GELU(), nn.Linear(dim, dim))
-        self.filler = nn.Parameter(torch.randn(1 + MAX_OBJECTS, dim) * 0.02)
+        self.max_objects = max(len(t) for t in self.table.values())
+        self.proj = nn.Sequential(nn.Linear(feature_dim(vocab, sincos), dim), nn.GELU(), nn.Linear(dim, dim))
+        self.filler = nn.Parameter(torch.randn(1 + self.max_objects, dim) * 0.02)
         self.norm = nn.LayerNorm(dim)
         self.ids = None
 
@@ -73,8 +84,8 @@ class OracleTower(nn.Module):
         out = []
         for i in self.ids.tolist():
             t = self.proj(self.table[i])                                                    # (n, D)
-            out.append(torch.cat([self.filler[:1], t, self.filler[1:1 + MAX_OBJECTS - len(t)]], 0))
-        return self.norm(torch.stack(out))                                                  # (B, 1+5, D)
+            out.append(torch.cat([self.filler[:1], t, self.filler[1:1 + self.max_objects - len(t)]], 0))
+        return self.norm(torch.stack(out))                                                  # (B, 1+n, D)
 
 
 def _subset(qpath, apath, qids: set, out: Path):
@@ -114,6 +125,42 @@ class MeanFirst(nn.Module):
         return self.inner(image_tokens, text, text_mask, image_index, return_attn, pooled_only)
 
 
+class QuestionQuery(nn.Module):
+    """In place of the fusion: the question is pooled *before* it meets the image. The mean of the projected text
+    states is one query that attends over the image tokens `depth` times (pre-norm cross-attention then MLP, both
+    residual), as the question vector of a stacked-attention / bottom-up top-down model does (Yang et al. 2016;
+    Anderson et al. 2018); no text position queries the image on its own."""
+    def __init__(self, cfg):
+        super().__init__()
+        from mmkt_lib.fusion import CrossAttention
+        from mmkt_lib.vit import Mlp
+        D, self.cfg = cfg.dim, cfg
+        self.img, self.txt = nn.Linear(cfg.image_dim, D), nn.Linear(cfg.text_dim, D)
+        self.hops = nn.ModuleList([nn.ModuleList([nn.LayerNorm(D), CrossAttention(D, cfg.heads), nn.LayerNorm(D),
+                                                  Mlp(D, int(D * cfg.mlp_ratio))]) for _ in range(cfg.depth)])
+        self.norm = nn.LayerNorm(D)
+
+    def forward(self, image_tokens, text_tokens, text_mask=None, image_index=None, return_attn=False,
+                pooled_only=False):
+        img = self.img(image_tokens)                                                         # (B, 1+N, D)
+        q = _masked_mean(self.txt(text_tokens), text_mask)[:, None]                          # (Q, 1, D)
+        maps = []
+        for n1, cross, n2, mlp in self.hops:
+            a, attn = cross(n1(q), img, None, return_attn, context_index=image_index)
+            q = q + a
+            q = q + mlp(n2(q))
+            maps.append(attn)
+        q = self.norm(q)
+        return {'tokens': q, 'pooled': q[:, 0], 'attn': maps if return_attn else None}
+
+
+def scale_cross_attention(model: nn.Module, s: float):
+    "Multiply the query projection of every `CrossAttention` in `model` by `s`: attention logits s times larger."
+    from mmkt_lib.fusion import CrossAttention
+    for m in model.modules():
+        if isinstance(m, CrossAttention): m.q.register_forward_hook(lambda mod, inp, out: out * s)
+
+
 def soft_ce(logits, targets):
     "Softmax cross-entropy against the soft scores normalised to a distribution."
     t = targets / targets.sum(1, keepdim=True).clamp_min(1e-6)
@@ -128,14 +175,15 @@ def train(args, overrides):
     from mmkt_lib.pipeline import Pipeline, vqa_model
     from mmkt_lib.vqa import vqa_loss
     torch.set_num_threads(args.threads)
-    cfg = load_config('shapes_default', ['stages=[vqa]', 'device=cpu', 'pseudo_label=0', f'data={args.data}',
+    cfg = load_config(args.config, ['stages=[vqa]', 'device=cpu', 'pseudo_label=0', f'data={args.data}',
                                          f'out={args.out}', *overrides])
     p = Pipeline(cfg, verbose=False)
     model = vqa_model(p.pre, len(p.vocab))
     if args.tokens == 'oracle':
         scenes = [s for split in (cfg.train_split, cfg.val_split)
                   for s in load_json(Path(p.data) / f'scenes_{split}.json')['scenes']]
-        model.clip.visual = OracleTower(scenes, model.clip.cfg.vision.dim, args.positions == 'sincos')
+        model.clip.visual = OracleTower(scenes, model.clip.cfg.vision.dim, args.positions == 'sincos',
+                                        scene_vocab(cfg.preset))
     elif args.stem == 'conv':   # sample_efficiency.py's convolutional stem (three 3x3 stride-2 convolutions)
         sys.path.insert(0, str(Path(__file__).parent))
         from sample_efficiency import ConvStem
@@ -145,6 +193,10 @@ def train(args, overrides):
         model.fusion = MeanReadout(model.fusion)
     elif args.readout == 'meanfirst':
         model.fusion = MeanFirst(model.fusion)
+    elif args.readout == 'query':
+        model.fusion = QuestionQuery(model.fusion.cfg)
+    if args.logit_scale != 1.0:
+        scale_cross_attention(model.fusion, args.logit_scale)
     ds, col = p.vqa_data(cfg.train_split, True)
     vds, vcol = p.vqa_data(cfg.val_split, False)
     if args.only:   # train and validate on these question templates alone
@@ -199,37 +251,49 @@ def train(args, overrides):
 
 
 def table(runs):
+    runs = [r for r in map(Path, runs) if (r / 'curve.json').is_file()]
+    curves = [json.loads((run / 'curve.json').read_text()) for run in runs]
+    fams = sorted({k for r in curves for k in r['curve'][-1]} - {'step', 'seconds', 'val_vqa'})
     print('| run | tokens, loss, steps, overrides | val VQA at step (seconds in all) | '
-          'last: attribute / comparison / counting / existence / spatial |')
+          f"last: {' / '.join(fams)} |")
     print('|---|---|---|---|---|')
-    fams = ('attribute', 'comparison', 'counting', 'existence', 'spatial')
-    for run in (r for r in map(Path, runs) if (r / 'curve.json').is_file()):
-        r = json.loads((run / 'curve.json').read_text())
+    for run, r in zip(runs, curves):
         a, c = r['args'], r['curve']
         pts = ', '.join(f"{e['val_vqa']:.1f} @ {e['step']}" for e in c) + f" ({c[-1]['seconds']} s)"
         last = ' / '.join(f"{c[-1][f]:.1f}" if f in c[-1] else '-' for f in fams)
         kind = f"{a.get('stem', 'patch')} stem" if a['tokens'] == 'tower' else f"{a.get('positions', 'xy')} positions"
-        kind += {'mean': ', mean read-out', 'meanfirst': ', first position from the mean'}.get(a.get('readout'), '')
+        kind += {'mean': ', mean read-out', 'meanfirst': ', first position from the mean',
+                 'query': ', question pooled first (QuestionQuery)'}.get(a.get('readout'), '')
         tok = f"{a['tokens']} ({kind})"
-        print(f"| {run.name} | {tok}, {a['loss']}, {a['steps']} {' '.join(r['overrides'])} | {pts} | {last} |")
+        lr, scale, only = a.get('lr', 1e-3), a.get('logit_scale', 1), a.get('only') or []
+        config = a.get('config', 'shapes_default')
+        extra = [f"`--config {config}`"] * (config != 'shapes_default') + [f"lr {lr:g}"] * (lr != 1e-3) + [f"logit scale {scale:g}"] * (scale != 1) + [
+            f"`--only {' '.join(only)}`"] * bool(only)
+        opts = ' '.join([*r['overrides'], *extra])
+        print(f"| {run.name} | {tok}, {a['loss']}, {a['steps']} {opts} | {pts} | {last} |")
 
 
-def templates(runs, data='data/shapes', split='val'):
-    "Accuracy (% exact matches of the most common answer) per question template of each run's last validation."
+def templates(runs, split='val'):
+    """Accuracy (% exact matches of the most common answer) per question template of each run's last validation; the
+    runs must share one data root."""
+    runs = [r for r in map(Path, runs) if (r / 'val_predictions.json').is_file() and (r / 'curve.json').is_file()]
+    roots = {json.loads((r / 'curve.json').read_text())['args']['data'] for r in runs}
+    if len(roots) != 1: raise SystemExit(f"templates: give runs of one data root, got {sorted(roots)}")
+    data = roots.pop()
     qs = json.loads((Path(data) / f'v2_OpenEnded_shapes_{split}_questions.json').read_text())['questions']
     anns = {a['question_id']: a for a in json.loads((Path(data) / f'v2_shapes_{split}_annotations.json').read_text())[
         'annotations']}
     keys = sorted({f"{a['family']}:{a['template']}" for a in anns.values()})
     print('| run | ' + ' | '.join(keys) + ' |')
     print('|---' * (len(keys) + 1) + '|')
-    for run in map(Path, runs):
-        if not (run / 'val_predictions.json').is_file(): continue
+    for run in runs:
         pred = {p['question_id']: p['answer'] for p in json.loads((run / 'val_predictions.json').read_text())}
         hits = {k: [] for k in keys}
         for q in qs:
+            if q['question_id'] not in pred: continue                                      # a run with `--only`
             a = anns[q['question_id']]
             hits[f"{a['family']}:{a['template']}"].append(pred[q['question_id']] == a['multiple_choice_answer'])
-        print(f'| {run.name} | ' + ' | '.join(f'{100 * sum(h) / len(h):.1f}' for h in hits.values()) + ' |')
+        print(f'| {run.name} | ' + ' | '.join(f'{100 * sum(h) / len(h):.1f}' if h else '-' for h in hits.values()) + ' |')
 
 
 def plot(runs, figure):
@@ -263,15 +327,18 @@ def main():
         return plot(sys.argv[3:], sys.argv[2])
     ap = argparse.ArgumentParser()
     ap.add_argument('--tokens', choices=('oracle', 'tower'), default='oracle')
+    ap.add_argument('--config', default='shapes_default', help='the configuration (preset) the run starts from')
     ap.add_argument('--stem', choices=('patch', 'conv'), default='patch', help='the tower\'s stem (--tokens tower)')
     ap.add_argument('--positions', choices=('xy', 'sincos'), default='xy', help='how an oracle token gives its place')
     ap.add_argument('--loss', choices=('bce', 'ce'), default='bce')
     ap.add_argument('--steps', type=int, default=300)
     ap.add_argument('--eval-every', type=int, default=100)
     ap.add_argument('--lr', type=float, default=1e-3)
-    ap.add_argument('--readout', choices=('fusion', 'mean', 'meanfirst'), default='fusion',
-                    help="the fusion's own read-out, the mean of its text states, or its first position started from "
-                         "the mean of the text encoder's states")
+    ap.add_argument('--readout', choices=('fusion', 'mean', 'meanfirst', 'query'), default='fusion',
+                    help="the fusion's own read-out, the mean of its text states, its first position started from "
+                         "the mean of the text encoder's states, or QuestionQuery in place of the fusion")
+    ap.add_argument('--logit-scale', type=float, default=1.0,
+                    help="multiply the queries of the fusion's cross-attentions (their logits) by this factor")
     ap.add_argument('--only', nargs='*', default=[], help='question templates to train and validate on alone')
     ap.add_argument('--threads', type=int, default=1)
     ap.add_argument('--data', default='data/shapes')

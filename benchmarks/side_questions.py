@@ -1,7 +1,8 @@
 """Why do perfect image tokens not answer "Is the <object> on the left or the right side of the image?"
 
     OMP_NUM_THREADS=1 python benchmarks/side_questions.py --query bow --out runs/side/bow.json
-    # --query: bow | eot | mean | bidir | fusion (below); --steps, --batch, --lr
+    # --query: bow | eot | mean | bidir | fusion | fusion_mean | cross (below); --steps, --batch, --lr
+    # --logit-scale S: every library CrossAttention's queries multiplied by S (attention logits S times larger)
 
 `oracle_tokens.py` found these questions at chance with oracle object tokens, even when trained on them alone. Here
 the side questions of ShapeScenes' training split are learned alone, from oracle object tokens (the exact attributes
@@ -14,6 +15,9 @@ question vector over the objects followed by an MLP on [question, attended objec
 - `bidir`: the same encoder without its causal mask, read at the end of text
 - `fusion`: the same encoder's tokens into the library's cross-attention fusion (chapter 07's `CrossFusion`, the demo's
   size) over [a learned first token; the objects; learned fillers up to five], read out as the VQA model does
+- `fusion_mean`: the same, with the fusion's first position started from the mean of the text states
+- `cross`: the mean of the text states as the query of one library `CrossAttention` (3 heads) over the objects, the
+  head on [query, attended]: the `mean` model with multi-head attention and its output projection
 AdamW at a constant learning rate, batches drawn at random from the training questions; accuracy on the validation
 split's side questions (4 answers: left, right, top, bottom).
 """
@@ -29,10 +33,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from oracle_tokens import MAX_OBJECTS, object_features  # noqa: E402
+from oracle_tokens import MAX_OBJECTS, object_features, scale_cross_attention  # noqa: E402
 
 ANSWERS = ('left', 'right', 'top', 'bottom')
-QUERIES = ('bow', 'eot', 'mean', 'bidir', 'fusion')
+QUERIES = ('bow', 'eot', 'mean', 'bidir', 'fusion', 'fusion_mean', 'cross')
 
 
 def side_questions(root: Path, split: str) -> list:
@@ -74,7 +78,7 @@ class SideModel(nn.Module):
     def __init__(self, query: str, n_words: int, tok, dim: int = 96):
         super().__init__()
         from mmkt_lib.clip import TextConfig, TextTransformer
-        from mmkt_lib.fusion import CrossFusion, FusionConfig
+        from mmkt_lib.fusion import CrossAttention, CrossFusion, FusionConfig
         self.query, D = query, dim
         self.words = nn.Embedding(n_words, D)
         self.text = TextTransformer(TextConfig(vocab_size=len(tok), dim=D, depth=2, heads=3, context_length=48,
@@ -87,6 +91,7 @@ class SideModel(nn.Module):
         self.fusion_head = nn.Sequential(nn.Linear(D, 2 * D), nn.GELU(), nn.LayerNorm(2 * D),
                                          nn.Linear(2 * D, len(ANSWERS)))
         self.filler = nn.Parameter(torch.randn(1 + MAX_OBJECTS, D) * 0.02)
+        self.cross = CrossAttention(D, 3)
 
     def question(self, b):
         "(B, D) question vector, or (B, L, D) tokens for `fusion`."
@@ -95,15 +100,20 @@ class SideModel(nn.Module):
             return (self.words(b['wid']) * m).sum(1) / m.sum(1)
         t = self.text.forward_features(b['ids'], b['mask'])                               # (B, L, D)
         if self.query in ('eot', 'bidir'): return self.text.pool(t, b['ids'])
-        if self.query == 'mean': return (t * b['mask'][..., None]).sum(1) / b['mask'].sum(1, keepdim=True)
+        mean = (t * b['mask'][..., None]).sum(1) / b['mask'].sum(1, keepdim=True)          # (B, D)
+        if self.query in ('mean', 'cross'): return mean
+        if self.query == 'fusion_mean': return torch.cat([mean[:, None], t[:, 1:]], 1)
         return t
 
     def forward(self, b):
         q, o = self.question(b), self.obj(b['obj'])                                       # o: (B, 5, D)
-        if self.query == 'fusion':
+        if self.query.startswith('fusion'):
             o = torch.where(b['omask'][..., None] > 0, o, self.filler[1:][None].expand_as(o))
             img = torch.cat([self.filler[:1][None].expand(len(o), 1, -1), o], 1)           # (B, 1+5, D)
             return self.fusion_head(self.fusion(img, q, b['mask'], pooled_only=True)['pooled'])
+        if self.query == 'cross':
+            a, _ = self.cross(q[:, None], o, b['omask'])                                    # (B, 1, D)
+            return self.head(torch.cat([q, a[:, 0]], -1))
         att = (self.q(q)[:, None] * self.k(o)).sum(-1) / o.shape[-1] ** 0.5                # (B, 5)
         att = att.masked_fill(b['omask'] == 0, float('-inf')).softmax(-1)
         return self.head(torch.cat([q, (att[..., None] * self.v(o)).sum(1)], -1))
@@ -118,6 +128,8 @@ def main():
     ap.add_argument('--batch', type=int, default=320)
     ap.add_argument('--lr', type=float, default=1e-3)
     ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--logit-scale', type=float, default=1.0,
+                    help="multiply the queries of every library CrossAttention (its logits) by this factor")
     ap.add_argument('--out', required=True)
     args = ap.parse_args()
     from mmkt_lib.text import data_tokenizer
@@ -129,6 +141,7 @@ def main():
     tok = data_tokenizer(root, verbose=False)
     T, V = tensors(tr, tok, words), tensors(va, tok, words)
     model = SideModel(args.query, len(words), tok)
+    if args.logit_scale != 1.0: scale_cross_attention(model, args.logit_scale)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     curve, t0 = [], time.time()
     for step in range(1, args.steps + 1):
