@@ -302,10 +302,13 @@ def plot(runs, figure):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, axs = plt.subplots(1, 2, figsize=(10, 3.8))
-    for run in (r for r in map(Path, runs) if (r / 'curve.json').is_file()):
+    runs = [r for r in map(Path, runs) if (r / 'curve.json').is_file()]
+    colours = plt.get_cmap('tab20')(range(len(runs)))                                  # distinct up to 20 runs
+    for run, colour in zip(runs, colours):
         c = json.loads((run / 'curve.json').read_text())['curve']
+        dash = '--' if 'tower' in run.name or 'conv' in run.name else '-'
         for ax, key in zip(axs, ('val_vqa', 'spatial')):
-            ax.plot([e['step'] for e in c], [e[key] for e in c], marker='o', label=run.name)
+            ax.plot([e['step'] for e in c], [e[key] for e in c], dash, marker='o', color=colour, label=run.name)
     for ax, title in zip(axs, ('all questions', 'spatial questions')):
         ax.set_xlabel('optimiser steps (64 images x 5 questions)')
         ax.set_ylabel('validation VQA accuracy (%)')
