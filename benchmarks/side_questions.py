@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
+from mmkt_lib.fusion import _masked_mean  # noqa: E402
 from oracle_tokens import MAX_OBJECTS, object_features, scale_cross_attention  # noqa: E402
 
 ANSWERS = ('left', 'right', 'top', 'bottom')
@@ -100,7 +101,7 @@ class SideModel(nn.Module):
             return (self.words(b['wid']) * m).sum(1) / m.sum(1)
         t = self.text.forward_features(b['ids'], b['mask'])                               # (B, L, D)
         if self.query in ('eot', 'bidir'): return self.text.pool(t, b['ids'])
-        mean = (t * b['mask'][..., None]).sum(1) / b['mask'].sum(1, keepdim=True)          # (B, D)
+        mean = _masked_mean(t, b['mask'])                                                 # (B, D)
         if self.query in ('mean', 'cross'): return mean
         if self.query == 'fusion_mean': return torch.cat([mean[:, None], t[:, 1:]], 1)
         return t
