@@ -87,7 +87,7 @@ class ModelSection:
     fusion_dim: int = 96
     fusion_depth: int = 2
     fusion_heads: int = 3
-    fusion_readout: str = 'first'      # what the fusion reads out: [BOS] ('first') or the end-of-text state ('eot')
+    fusion_readout: str = 'first'      # [BOS] ('first'), the end-of-text state ('eot'), the pooled question ('query')
     decoder: str = 'cross'             # 'cross' or 'prefix'
     decoder_dim: int = 96
     decoder_depth: int = 2
@@ -99,8 +99,10 @@ class ModelSection:
             raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {self.pos_embed!r}")
         if self.fusion not in ('late', 'early', 'cross'):
             raise ValueError(f"unknown fusion {self.fusion!r}")
-        if self.fusion_readout not in ('first', 'eot'):
-            raise ValueError(f"fusion_readout must be 'first' or 'eot', got {self.fusion_readout!r}")
+        if self.fusion_readout not in ('first', 'eot', 'query'):
+            raise ValueError(f"fusion_readout must be 'first', 'eot' or 'query', got {self.fusion_readout!r}")
+        if self.fusion_readout == 'query' and self.fusion != 'cross':
+            raise ValueError(f"fusion_readout='query' needs fusion='cross', got fusion={self.fusion!r}")
         if not self.pretrained and (self.image_size < self.patch_size or self.image_size % self.patch_size):
             raise ValueError(f"image_size must be a positive multiple of patch_size ({self.patch_size}), "
                              f"got {self.image_size}")

@@ -14,8 +14,8 @@ from torch import nn
 from .vit import Attention, Block, DropPath, Mlp
 
 # %% auto #0
-__all__ = ['READOUTS', 'FUSIONS', 'CrossAttention', 'FusionLayer', 'eot_first', 'FusionConfig', 'LateFusion', 'EarlyFusion',
-           'CrossFusion', 'build_fusion', 'text_to_patch_attention']
+__all__ = ['READOUTS', 'FUSIONS', 'CrossAttention', 'FusionLayer', 'eot_first', 'FusionConfig', 'LateFusion', 'QueryHop',
+           'QuestionQuery', 'EarlyFusion', 'CrossFusion', 'build_fusion', 'text_to_patch_attention']
 
 # %% ../nbs/07_cross_attention.ipynb #03d0faf7
 class CrossAttention(nn.Module):
@@ -87,7 +87,7 @@ class FusionLayer(nn.Module):
         return t, image, attn
 
 # %% ../nbs/07_cross_attention.ipynb #606e02e9
-READOUTS = ('first', 'eot')
+READOUTS = ('first', 'eot', 'query')
 
 def eot_first(text_tokens: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
     "(Q, L, D) text states -> (Q, L, D) with each row's end-of-text state (its last real token) at position 0."
@@ -108,7 +108,8 @@ class FusionConfig:
     mlp_ratio: float = 4.0
     co_attention: bool = False  # cross fusion: let the image stream attend to the text as well
     dropout: float = 0.0
-    readout: str = 'first'      # what text position 0 holds: 'first' its own ([BOS]), 'eot' the end-of-text state
+    readout: str = 'first'      # what `pooled` is: text position 0 holding its own state ([BOS], 'first') or the
+                                # end-of-text state ('eot'); or the pooled question's look at the image ('query')
 
     def __post_init__(self):
         if self.readout not in READOUTS: raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
@@ -130,6 +131,9 @@ class _Projected(nn.Module):
     "What every fusion starts with: image and text tokens projected to the fusion width `cfg.dim`."
     def __init__(self, cfg: FusionConfig):
         super().__init__()
+        if cfg.readout == 'query':
+            raise ValueError(f"readout='query' is cross fusion's: {type(self).__name__} has no per-token image "
+                             "attention for the pooled question to replace; use fusion='cross'")
         self.cfg = cfg
         self.img, self.txt = nn.Linear(cfg.image_dim, cfg.dim), nn.Linear(cfg.text_dim, cfg.dim)
 
@@ -151,6 +155,37 @@ class LateFusion(_Projected):
         pooled = self.pool_mlp(torch.cat([i, t, i * t], -1))                              # (Q, D)
         tokens = self.tok_mlp(torch.cat([t_tok, i[:, None].expand_as(t_tok)], -1))         # (Q, L, D)
         return {'tokens': tokens, 'pooled': pooled, 'attn': [] if return_attn else None}
+
+# %% ../nbs/07_cross_attention.ipynb #a4d5f077
+class QueryHop(nn.Module):
+    "One look at the image by a pooled question (Q, 1, D): pre-norm cross-attention, then an MLP, both residual."
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, norm_eps: float = 1e-6):
+        super().__init__()
+        self.norm1, self.cross = nn.LayerNorm(dim, eps=norm_eps), CrossAttention(dim, heads, dropout=dropout)
+        self.norm2, self.mlp = nn.LayerNorm(dim, eps=norm_eps), Mlp(dim, int(dim * mlp_ratio), dropout=dropout)
+
+    def forward(self, q, image, return_attn: bool = False, image_index=None):
+        a, attn = self.cross(self.norm1(q), image, None, return_attn, context_index=image_index)
+        q = q + a
+        return q + self.mlp(self.norm2(q)), attn
+
+class QuestionQuery(nn.Module):
+    """The question pooled before it meets the image: the masked mean of the text states (Q, L, D) is one query that
+    looks at the image tokens (B, 1+N, D) `depth` times. Returns (Q, 1, D) and, if asked, the hops' (Q, h, 1, 1+N)
+    attention maps."""
+    def __init__(self, dim: int, heads: int, depth: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+        super().__init__()
+        self.hops = nn.ModuleList([QueryHop(dim, heads, mlp_ratio, dropout) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, text, image, text_mask=None, image_index=None, return_attn: bool = False):
+        q = _masked_mean(text, text_mask)[:, None]                                         # (Q, 1, D)
+        maps = []
+        for hop in self.hops:
+            q, a = hop(q, image, return_attn, image_index)
+            maps.append(a)
+        return self.norm(q), (maps if return_attn else None)
+
 
 # %% ../nbs/07_cross_attention.ipynb #72a3b1c1
 class EarlyFusion(_Projected):
@@ -193,14 +228,20 @@ class CrossFusion(nn.Module):
         )
         self.norm = nn.LayerNorm(D, eps=1e-6)
         self.img_norm = nn.LayerNorm(D, eps=1e-6) if cfg.co_attention else None
+        query = cfg.readout == 'query'   # the pooled question in place of a text position's state
+        self.query = QuestionQuery(D, cfg.heads, cfg.depth, cfg.mlp_ratio, cfg.dropout) if query else None
 
     def forward(self, image_tokens, text_tokens, text_mask=None, image_index=None, return_attn=False,
                 pooled_only=False):
-        """`pooled_only`: the last layer computes the first text position alone (all a classifier reads), and
-        `tokens` holds only it: about half the fusion's work with two layers."""
+        """`pooled_only`: compute only what a classifier reads, and `tokens` holds only it. Read out at a text
+        position, the last layer computes that position alone (about half the fusion's work with two layers); with
+        `readout='query'`, the pooled question's hops alone run and the per-token stream is skipped."""
         img = self.img(image_tokens)                                                       # (B, 1+N, D): once per image
-        if self.cfg.co_attention: img, image_index = _gather_images(img, image_index), None  # (Q, 1+N, D)
         t = self.txt(_read_out(self.cfg, text_tokens, text_mask))                          # (Q, L, D)
+        if self.query is not None:
+            q, q_maps = self.query(t, img, text_mask, image_index, return_attn)              # (Q, 1, D)
+            if pooled_only: return {'tokens': q, 'pooled': q[:, 0], 'attn': q_maps}
+        if self.cfg.co_attention: img, image_index = _gather_images(img, image_index), None  # (Q, 1+N, D)
         maps = []
         for k, layer in enumerate(self.layers):
             # without co-attention the image stream is the same for every question of an image: its keys and values
@@ -210,6 +251,7 @@ class CrossFusion(nn.Module):
             if return_attn: maps.append(a)
         t = self.norm(t)
         out = {'tokens': t, 'pooled': t[:, 0], 'attn': maps if return_attn else None}
+        if self.query is not None: out.update(pooled=q[:, 0], query_attn=q_maps)
         if self.img_norm is not None: out['image_tokens'] = self.img_norm(img)
         return out
 

@@ -100,7 +100,8 @@ class VQAModel(nn.Module):
         txt_tok = self.clip.text.forward_features(input_ids, attention_mask)        # (Q, L, Dt)
         f = self.fusion(img_tok, txt_tok, attention_mask, image_index, return_attn, pooled_only=not return_attn)
         logits = self.head(f['pooled'])                                             # (Q, A)
-        return (logits, f['attn']) if return_attn else logits
+        # the maps of what the answer reads: the pooled question's where the fusion has one
+        return (logits, f.get('query_attn', f['attn'])) if return_attn else logits
 
 # %% ../nbs/10_vqa.ipynb #b89d9341
 @torch.no_grad()

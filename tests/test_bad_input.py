@@ -397,3 +397,12 @@ def test_nan_and_inf_are_not_silently_accepted_as_numbers():
     for v in ('.nan', '.inf', '-.inf'):
         with pytest.raises(ValueError, match='lr must be a finite number'):
             load_config(None, [f'lr={v}'])
+
+
+def test_query_readout_needs_cross_fusion():
+    "The pooled question replaces cross fusion's per-token read-out: a config pairing it with another fusion fails."
+    assert load_config(None, ['fusion_readout=query']).fusion_readout == 'query'
+    with pytest.raises(ValueError, match="fusion_readout='query' needs fusion='cross', got fusion='late'"):
+        load_config(None, ['fusion_readout=query', 'fusion=late'])
+    with pytest.raises(ValueError, match="fusion_readout must be 'first', 'eot' or 'query'"):
+        load_config(None, ['fusion_readout=mean'])

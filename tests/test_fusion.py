@@ -18,11 +18,13 @@ def tok():
     return train_tokenizer(CAPTIONS)
 
 
-@pytest.mark.parametrize('name', sorted(FUSIONS))
+@pytest.mark.parametrize('name, readout',
+                         [(n, 'first') for n in sorted(FUSIONS)] + [('cross', 'eot'), ('cross', 'query')])
 @pytest.mark.parametrize('co', [False, True])
-def test_fusions_share_the_interface_and_ignore_padding(name, co):
+def test_fusions_share_the_interface_and_ignore_padding(name, readout, co):
     torch.manual_seed(0)
-    f = build_fusion(name, FusionConfig(image_dim=24, text_dim=20, dim=16, depth=2, heads=2, co_attention=co)).eval()
+    cfg = FusionConfig(image_dim=24, text_dim=20, dim=16, depth=2, heads=2, co_attention=co, readout=readout)
+    f = build_fusion(name, cfg).eval()
     img, txt = torch.randn(3, 10, 24), torch.randn(7, 5, 20)
     mask = torch.ones(7, 5, dtype=torch.bool); mask[1, 2:] = False; mask[6, 4:] = False
     idx = torch.tensor([0, 0, 1, 1, 1, 2, 2])
@@ -37,6 +39,8 @@ def test_fusions_share_the_interface_and_ignore_padding(name, co):
     with torch.no_grad(): other = f(img, txt, mask, torch.tensor([1, 0, 1, 1, 1, 2, 2]))
     assert not torch.allclose(other['pooled'][0], out['pooled'][0])
     assert torch.allclose(other['pooled'][2:], out['pooled'][2:], atol=1e-6)
+    with torch.no_grad(): quick = f(img, txt, mask, idx, pooled_only=True)   # what a classifier computes
+    assert torch.allclose(quick['pooled'], out['pooled'], atol=1e-5)
 
 
 def test_masking_statistics(tok):
@@ -67,20 +71,23 @@ def test_hard_negative_is_never_the_positive():
         assert valid.all()                                          # an 'identical caption' only when nothing else is left
 
 
-def _tiny(tok, fusion, weights, co=False):
+def _tiny(tok, fusion, weights, co=False, readout='first'):
     torch.manual_seed(0)
     clip = CLIP(clip_config('tiny', image_size=16, patch_size=8, dim=32, depth=1, heads=2, text_dim=32, text_depth=1,
                             text_heads=2, vocab_size=len(tok), context_length=24, embed_dim=16, eot_token_id=tok.eos_token_id))
-    return VLPretrainModel(clip, tok, PretrainConfig(fusion, FusionConfig(dim=32, depth=1, heads=2, co_attention=co), weights))
+    fc = FusionConfig(dim=32, depth=1, heads=2, co_attention=co, readout=readout)
+    return VLPretrainModel(clip, tok, PretrainConfig(fusion, fc, weights))
 
 
 @pytest.mark.parametrize('objective, fusion, co, start_ratio, steps, lr', [
     ('itc', 'cross', False, 0.3, 150, 3e-3), ('itm', 'cross', False, 0.5, 300, 1e-3), ('mlm', 'cross', False, 0.3, 150, 3e-3),
     ('mlm', 'late', False, 0.3, 150, 3e-3), ('mlm', 'early', False, 0.3, 150, 3e-3), ('mpm', 'cross', True, 0.6, 150, 3e-3),
-    ('mpm', 'early', False, 0.6, 150, 3e-3)])
+    ('mpm', 'early', False, 0.6, 150, 3e-3), ('itm', 'cross-query', False, 0.5, 300, 1e-3),
+    ('mlm', 'cross-query', False, 0.3, 150, 3e-3)])
 def test_each_objective_overfits_a_tiny_batch(tok, objective, fusion, co, start_ratio, steps, lr):
     weights = {'itc': 0.0, 'itm': 0.0, 'mlm': 0.0, 'mpm': 0.0, objective: 1.0}
-    model = _tiny(tok, fusion, weights, co)
+    fusion, _, readout = fusion.partition('-')                      # 'cross-query': matching reads the pooled question
+    model = _tiny(tok, fusion, weights, co, readout or 'first')
     images = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     enc = tok(CAPTIONS, padding=True, return_tensors='pt')
     opt = torch.optim.AdamW(model.parameters(), lr=lr)

@@ -120,14 +120,15 @@ def test_captioner_overfits_a_tiny_batch(kind):
     assert tok.batch_decode(out, skip_special_tokens=True) == tok.batch_decode(enc['input_ids'], skip_special_tokens=True)
 
 
-@pytest.mark.parametrize('fusion', ['late', 'early', 'cross'])
-def test_vqa_model_overfits_a_tiny_batch(fusion):
+@pytest.mark.parametrize('fusion, readout', [('late', 'first'), ('early', 'first'), ('cross', 'first'),
+                                             ('cross', 'query')])
+def test_vqa_model_overfits_a_tiny_batch(fusion, readout):
     tok = train_tokenizer(["what color is the circle?", "how many squares are there?", "is there a triangle?"])
     v = AnswerVocab(['red', 'blue', '1', '2', 'yes', 'no'])
     torch.manual_seed(0)
     clip = CLIP(clip_config('tiny', image_size=16, patch_size=8, dim=32, depth=1, heads=2, text_dim=32, text_depth=1,
                             text_heads=2, vocab_size=len(tok), context_length=16, embed_dim=16, eot_token_id=tok.eos_token_id))
-    model = VQAModel(clip, len(v), fusion, FusionConfig(dim=32, depth=1, heads=2))
+    model = VQAModel(clip, len(v), fusion, FusionConfig(dim=32, depth=1, heads=2, readout=readout))
     imgs = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     qs = ["what color is the circle?", "how many squares are there?", "is there a triangle?"] * 2
     enc = tok(qs, padding=True, return_tensors='pt')
@@ -141,3 +142,6 @@ def test_vqa_model_overfits_a_tiny_batch(fusion):
         logits = model(imgs, enc['input_ids'], enc['attention_mask'], image_index)
         loss = vqa_loss(logits, targets); opt.zero_grad(); loss.backward(); opt.step()
     assert vqa_soft_score(logits, targets).item() == 1.0 and loss.item() < 0.3
+    if readout == 'query':   # the classifier reads the pooled question alone: the per-token stream gets no gradient
+        assert all(p.grad is None for p in model.fusion.layers.parameters())
+        assert all(p.grad is not None for p in model.fusion.query.parameters())
