@@ -6,8 +6,8 @@
     # the real tower in the same loop, for comparison:
     OMP_NUM_THREADS=1 python benchmarks/oracle_tokens.py --tokens tower --steps 300 --out runs/oracle/t300
     # options: --readout mean|meanfirst|query (the fusion read out as the mean of its text states, its first
-    # position started from the mean of the text states, or in place of the fusion one pooled question vector that
-    # attends over the image, `QuestionQuery`), --positions sincos (an oracle
+    # position started from the mean of the text states, or the library's `fusion_readout=query`: one pooled
+    # question vector that attends over the image), --positions sincos (an oracle
     # token's place as 2-D sines and cosines), --stem conv (the tower with sample_efficiency.py's convolutional stem),
     # --loss ce (softmax cross-entropy on the normalised soft scores instead of the library's soft-score BCE), --lr,
     # --eval-every, --only TEMPLATE...; extra key=value arguments override mmkt_lib/configs/shapes_default.yaml
@@ -125,35 +125,6 @@ class MeanFirst(nn.Module):
         return self.inner(image_tokens, text, text_mask, image_index, return_attn, pooled_only)
 
 
-class QuestionQuery(nn.Module):
-    """In place of the fusion: the question is pooled *before* it meets the image. The mean of the projected text
-    states is one query that attends over the image tokens `depth` times (pre-norm cross-attention then MLP, both
-    residual), as the question vector of a stacked-attention / bottom-up top-down model does (Yang et al. 2016;
-    Anderson et al. 2018); no text position queries the image on its own."""
-    def __init__(self, cfg):
-        super().__init__()
-        from mmkt_lib.fusion import CrossAttention
-        from mmkt_lib.vit import Mlp
-        D, self.cfg = cfg.dim, cfg
-        self.img, self.txt = nn.Linear(cfg.image_dim, D), nn.Linear(cfg.text_dim, D)
-        self.hops = nn.ModuleList([nn.ModuleList([nn.LayerNorm(D), CrossAttention(D, cfg.heads), nn.LayerNorm(D),
-                                                  Mlp(D, int(D * cfg.mlp_ratio))]) for _ in range(cfg.depth)])
-        self.norm = nn.LayerNorm(D)
-
-    def forward(self, image_tokens, text_tokens, text_mask=None, image_index=None, return_attn=False,
-                pooled_only=False):
-        img = self.img(image_tokens)                                                         # (B, 1+N, D)
-        q = _masked_mean(self.txt(text_tokens), text_mask)[:, None]                          # (Q, 1, D)
-        maps = []
-        for n1, cross, n2, mlp in self.hops:
-            a, attn = cross(n1(q), img, None, return_attn, context_index=image_index)
-            q = q + a
-            q = q + mlp(n2(q))
-            maps.append(attn)
-        q = self.norm(q)
-        return {'tokens': q, 'pooled': q[:, 0], 'attn': maps if return_attn else None}
-
-
 def scale_cross_attention(model: nn.Module, s: float):
     "Multiply the query projection of every `CrossAttention` in `model` by `s`: attention logits s times larger."
     from mmkt_lib.fusion import CrossAttention
@@ -175,8 +146,9 @@ def train(args, overrides):
     from mmkt_lib.pipeline import Pipeline, vqa_model
     from mmkt_lib.vqa import vqa_loss
     torch.set_num_threads(args.threads)
+    query = ['fusion_readout=query'] * (args.readout == 'query')   # the library's pooled question (chapter 07)
     cfg = load_config(args.config, ['stages=[vqa]', 'device=cpu', 'pseudo_label=0', f'data={args.data}',
-                                         f'out={args.out}', *overrides])
+                                         f'out={args.out}', *query, *overrides])
     p = Pipeline(cfg, verbose=False)
     model = vqa_model(p.pre, len(p.vocab))
     if args.tokens == 'oracle':
@@ -193,8 +165,6 @@ def train(args, overrides):
         model.fusion = MeanReadout(model.fusion)
     elif args.readout == 'meanfirst':
         model.fusion = MeanFirst(model.fusion)
-    elif args.readout == 'query':
-        model.fusion = QuestionQuery(model.fusion.cfg)
     if args.logit_scale != 1.0:
         scale_cross_attention(model.fusion, args.logit_scale)
     ds, col = p.vqa_data(cfg.train_split, True)
@@ -263,7 +233,7 @@ def table(runs):
         last = ' / '.join(f"{c[-1][f]:.1f}" if f in c[-1] else '-' for f in fams)
         kind = f"{a.get('stem', 'patch')} stem" if a['tokens'] == 'tower' else f"{a.get('positions', 'xy')} positions"
         kind += {'mean': ', mean read-out', 'meanfirst': ', first position from the mean',
-                 'query': ', question pooled first (QuestionQuery)'}.get(a.get('readout'), '')
+                 'query': ', question pooled first (fusion_readout=query)'}.get(a.get('readout'), '')
         tok = f"{a['tokens']} ({kind})"
         lr, scale, only = a.get('lr', 1e-3), a.get('logit_scale', 1), a.get('only') or []
         config = a.get('config', 'shapes_default')
@@ -339,7 +309,8 @@ def main():
     ap.add_argument('--lr', type=float, default=1e-3)
     ap.add_argument('--readout', choices=('fusion', 'mean', 'meanfirst', 'query'), default='fusion',
                     help="the fusion's own read-out, the mean of its text states, its first position started from "
-                         "the mean of the text encoder's states, or QuestionQuery in place of the fusion")
+                         "the mean of the text encoder's states, or cross fusion's pooled question "
+                         "(fusion_readout=query, chapter 07)")
     ap.add_argument('--logit-scale', type=float, default=1.0,
                     help="multiply the queries of the fusion's cross-attentions (their logits) by this factor")
     ap.add_argument('--only', nargs='*', default=[], help='question templates to train and validate on alone')
