@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py                   # the demo configuration (mmkt_lib/configs/shapes_default.yaml)
     python benchmarks/train_throughput.py --steps 30 --record
+    python benchmarks/train_throughput.py --stages vqa --threads 1 fusion_readout=query   # one stage, a config override
 
 For each stage it builds the model, data set and collate function exactly as the pipeline does (`Pipeline.stage_model`,
 `Pipeline.stage_data`, `STAGE_LOSSES`) and times, per step: the data (reading, decoding and transforming the batch's
@@ -75,20 +76,23 @@ def main():
     ap.add_argument('--steps', type=int, default=20)
     ap.add_argument('--warmup', type=int, default=3)
     ap.add_argument('--threads', type=int, default=None, help='torch threads (default: torch decides)')
+    ap.add_argument('--stages', nargs='*', default=list(STAGES), choices=STAGES, help='the stages to time (default: all)')
     ap.add_argument('--record', action='store_true', help='append the results to benchmarks/RESULTS.md')
+    ap.add_argument('overrides', nargs='*', help='config overrides key=value, as `mmkt train` takes them')
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as d:
         data = args.data or str(Path(d) / 'shapes')
-        cfg = load_config(args.config, {'data': data, 'out': str(Path(d) / 'run'), 'n_train': args.n_train,
-                                        'n_val': 8, 'n_test': 8, 'device': 'cpu', 'pseudo_label': 0})
+        cfg = load_config(args.config, [f'data={data}', f"out={Path(d) / 'run'}", f'n_train={args.n_train}', 'n_val=8',
+                                        'n_test=8', 'device=cpu', 'pseudo_label=0', *args.overrides])
         pipe = Pipeline(cfg, verbose=False)
         lines = []
-        for stage in STAGES:
+        for stage in args.stages:
             r = time_stage(pipe, stage, args.steps, args.warmup)
             parts = ', '.join(f"{k} {1000 * r[k]:.0f}" for k in ('items', 'collate', 'forward', 'backward', 'optimiser'))
-            line = (f"| {datetime.date.today()} | {stage} | {args.config}, batch {cfg.batch_size}, "
+            setting = ', '.join([args.config, *args.overrides])
+            line = (f"| {datetime.date.today()} | {stage} | {setting}, batch {cfg.batch_size}, "
                     f"{torch.get_num_threads()} threads | {r['images_per_s']:.1f} images/s; ms per step: {parts} | "
                     f"{platform.processor() or platform.machine()} |")
             print(line)
