@@ -44,7 +44,7 @@ def format_stats(stats: dict, split: str) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/90_cli.ipynb #dfcf9307
-DEMO_PRESETS = {'tiny': 'shapes_tiny', 'default': 'shapes_default', 'selftrain': 'shapes_selftrain'}
+DEMO_PRESETS = {'tiny': 'shapes_tiny', 'default': 'shapes_demo', 'selftrain': 'shapes_selftrain'}
 
 def format_results(r: dict) -> str:
     "The headline numbers of a results.json."

@@ -73,7 +73,7 @@ def test_inheritance_keeps_whole_heads_and_copies_equal_shapes():
 
 
 def test_student_is_a_quarter_of_the_demo_teacher(shapes):
-    tcfg = load_config('shapes_default')
+    tcfg = load_config('shapes_demo')
     scfg = student_config(tcfg)
     assert (scfg.vision_dim, scfg.text_dim, scfg.fusion_dim, scfg.decoder_dim) == (48, 48, 48, 48)
     tok = data_tokenizer(shapes, verbose=False)

@@ -53,7 +53,7 @@ def test_wheel_installs_and_runs_the_tiny_demo_outside_the_checkout(tmp_path):
     assert r.returncode == 0, r.stderr
     whl = next(wheels.glob('mmkt_lib-*.whl'))
     names = zipfile.ZipFile(whl).namelist()
-    for cfg in ('shapes_default', 'shapes_tiny', 'shapes_selftrain', 'sort_of_clevr', 'coco_vqa_clip_b16'):
+    for cfg in ('shapes_default', 'shapes_demo', 'shapes_tiny', 'shapes_selftrain', 'sort_of_clevr', 'coco_vqa_clip_b16'):
         assert f'mmkt_lib/configs/{cfg}.yaml' in names, cfg
     site = tmp_path / 'site'
     r = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-deps', '-q', '--target', str(site), str(whl)],

@@ -202,7 +202,7 @@ save_checkpoint(d, m, opt, sch, {{'stage': 't', 'step': 4, 'epoch': 0, 'batch': 
 
 
 def test_config_files_load():
-    for name in ('shapes_tiny', 'shapes_default', 'sort_of_clevr', 'coco_vqa_clip_b16'):
+    for name in ('shapes_tiny', 'shapes_default', 'shapes_demo', 'sort_of_clevr', 'coco_vqa_clip_b16'):
         cfg = load_config(name)
         assert cfg.name == name and cfg.stages
     with pytest.raises(FileNotFoundError, match='no such config file'): load_config('nope')
