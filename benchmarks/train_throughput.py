@@ -1,6 +1,7 @@
 """Training throughput of the demo's model on this machine, stage by stage, and where a step's time goes.
 
-    python benchmarks/train_throughput.py                   # the demo configuration (mmkt_lib/configs/shapes_default.yaml)
+    python benchmarks/train_throughput.py                   # the demo configuration (mmkt_lib/configs/shapes_demo.yaml)
+    python benchmarks/train_throughput.py --config shapes_default   # the experiments' base, VQA read-out at [BOS]
     python benchmarks/train_throughput.py --steps 30 --record
     python benchmarks/train_throughput.py --stages vqa --threads 1 fusion_readout=query   # one stage, a config override
 
@@ -70,7 +71,7 @@ def time_stage(pipe: Pipeline, stage: str, steps: int, warmup: int) -> dict:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument('--config', default='shapes_default')
+    ap.add_argument('--config', default='shapes_demo')
     ap.add_argument('--data', default=None, help='a ShapeScenes root (default: generate --n-train images in a temp dir)')
     ap.add_argument('--n-train', type=int, default=1000)
     ap.add_argument('--steps', type=int, default=20)
