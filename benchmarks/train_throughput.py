@@ -3,7 +3,7 @@
     python benchmarks/train_throughput.py                   # the demo configuration (mmkt_lib/configs/shapes_demo.yaml)
     python benchmarks/train_throughput.py --config shapes_default   # the experiments' base, VQA read-out at [BOS]
     python benchmarks/train_throughput.py --steps 30 --record
-    python benchmarks/train_throughput.py --stages vqa --threads 1 fusion_readout=query   # one stage, a config override
+    python benchmarks/train_throughput.py --stages vqa --threads 1 fusion_readout=first   # one stage, a config override
 
 For each stage it builds the model, data set and collate function exactly as the pipeline does (`Pipeline.stage_model`,
 `Pipeline.stage_data`, `STAGE_LOSSES`) and times, per step: the data (reading, decoding and transforming the batch's
