@@ -161,6 +161,8 @@ def train(args, overrides):
         from sample_efficiency import ConvStem
         v = model.clip.visual
         v.patch_embed = ConvStem(v.cfg.dim, v.cfg.patch_size)
+    if args.visual:   # a tower trained elsewhere (region_labels.py)
+        model.clip.visual.load_state_dict(torch.load(args.visual))
     if args.readout == 'mean':
         model.fusion = MeanReadout(model.fusion)
     elif args.readout == 'meanfirst':
@@ -302,6 +304,7 @@ def main():
     ap.add_argument('--tokens', choices=('oracle', 'tower'), default='oracle')
     ap.add_argument('--config', default='shapes_default', help='the configuration (preset) the run starts from')
     ap.add_argument('--stem', choices=('patch', 'conv'), default='patch', help='the tower\'s stem (--tokens tower)')
+    ap.add_argument('--visual', default='', help="the tower's weights (a state dict, e.g. region_labels.py's)")
     ap.add_argument('--positions', choices=('xy', 'sincos'), default='xy', help='how an oracle token gives its place')
     ap.add_argument('--loss', choices=('bce', 'ce'), default='bce')
     ap.add_argument('--steps', type=int, default=300)

@@ -21,7 +21,7 @@ __all__ = ['STAGES', 'SECTIONS', 'CONFIG_DIR', 'RunSection', 'DataSection', 'Mod
            'SelfTrainingSection', 'RunConfig', 'load_config', 'config_yaml']
 
 # %% ../nbs/12_config.ipynb #cb7d3539
-STAGES = ('contrastive', 'pretrain', 'vqa', 'caption')
+STAGES = ('contrastive', 'pretrain', 'regions', 'vqa', 'caption')
 
 # %% ../nbs/12_config.ipynb #134d085c
 @dataclass
@@ -30,7 +30,7 @@ class RunSection:
     out: str = 'runs/shapes_tiny'
     seed: int = 0
     device: str = ''                   # '' = what Accelerate picks; 'cpu' forces the CPU
-    stages: list = field(default_factory=lambda: list(STAGES))
+    stages: list = field(default_factory=lambda: [s for s in STAGES if s != 'regions'])   # 'regions': opt in
     log_every: int = 10
     checkpoint_every: int = 0          # 0: only at the end of a stage
     eval_every: int = 0                # validation every this many steps (0: never)
@@ -74,6 +74,7 @@ class ModelSection:
     pretrained: str = ''               # a local Hugging Face CLIPModel directory (then the sizes below are ignored)
     init: str = ''                     # a run directory: each stage trained here starts from its `{stage}.safetensors`
     patch_size: int = 8
+    stem: str = 'patch'                # image tokens: linear 'patch' embedding or 'conv' stem (chapter 10c)
     pos_embed: str = 'sincos'          # image positions: fixed 2-D 'sincos' (known from step 0) or 'learned'
     vision_dim: int = 96
     vision_depth: int = 3
@@ -103,6 +104,10 @@ class ModelSection:
             raise ValueError(f"fusion_readout must be 'first', 'eot' or 'query', got {self.fusion_readout!r}")
         if self.fusion_readout == 'query' and self.fusion != 'cross':
             raise ValueError(f"fusion_readout='query' needs fusion='cross', got fusion={self.fusion!r}")
+        if self.stem not in ('patch', 'conv'):
+            raise ValueError(f"stem must be 'patch' or 'conv', got {self.stem!r}")
+        if self.stem == 'conv' and self.pretrained:
+            raise ValueError(f"stem='conv' replaces a fresh tower's patch embedding; {self.pretrained} has its own")
         if not self.pretrained and (self.image_size < self.patch_size or self.image_size % self.patch_size):
             raise ValueError(f"image_size must be a positive multiple of patch_size ({self.patch_size}), "
                              f"got {self.image_size}")
@@ -127,6 +132,7 @@ class OptimisationSection:
     clip_grad: float = 1.0
     freeze: list = field(default_factory=list)   # name prefixes, or image:N / text:N (embeddings + first N blocks)
     mixed_precision: str = 'auto'      # 'auto' (bf16 on GPU), 'no', 'bf16', 'fp16'
+    answer_loss: str = 'bce'           # VQA: sigmoid 'bce' per answer (chapter 10) or softmax 'ce' (chapter 10c)
 
     def _check_optimisation(self):
         if self.batch_size < 1 or self.grad_accum < 1:
@@ -137,6 +143,8 @@ class OptimisationSection:
         if self.lr == 0: raise ValueError("lr must be > 0 (a learning rate of 0 trains nothing)")
         if self.warmup >= 1: raise ValueError(f"warmup is a fraction of the steps, in [0, 1): got {self.warmup}")
         _check_steps('steps', self.steps)
+        if self.answer_loss not in ('bce', 'ce'):
+            raise ValueError(f"answer_loss must be 'bce' or 'ce', got {self.answer_loss!r}")
         bad = [e for e in self.freeze if not isinstance(e, str) or re.fullmatch(r'\w+:.*', e)
                and not re.fullmatch(r'(image|text):\d+', e)]
         if bad: raise ValueError(f"freeze entries are name prefixes or image:N / text:N, got {bad}")
@@ -187,6 +195,9 @@ class RunConfig(SelfTrainingSection, OptimisationSection, ModelSection, DataSect
             raise ValueError(f"pseudo_label={self.pseudo_label}: self-training needs the 'vqa' and 'caption' stages (the "
                              f"teacher labels answers and captions), stages are {self.stages}; set pseudo_label=0 to "
                              f"train without it")
+        if 'regions' in self.stages and self.source == 'coco':
+            raise ValueError("the 'regions' stage learns from ShapeScenes' scene files, which COCO does not have; "
+                             "drop it from stages")
 
 # %% ../nbs/12_config.ipynb #ac60c3f2
 def _yaml(text: str, what: str):

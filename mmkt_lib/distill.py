@@ -22,7 +22,7 @@ from .core import count_parameters, load_json, save_json
 from .data import load_vqa, vqa_paths
 from .experiments import seed_bootstrap
 from .metrics import vqa_accuracy
-from .pipeline import STAGE_LOSSES, Pipeline, device_info, load_run
+from .pipeline import Pipeline, device_info, load_run
 from .scenes import PRESETS, render_scene, sample_scene
 from .vqa import vqa_loss, vqa_soft_score
 
@@ -175,7 +175,7 @@ class DistillPipeline(Pipeline):
         if stage == 'contrastive': return _distil_contrastive(self.teacher.pre.clip, r['aff'], r['feat'])
         if stage == 'vqa' and self.teacher.vqa is not None:
             return _distil_vqa(self.teacher.vqa, r['ans'], self.temperature)
-        return STAGE_LOSSES[stage]
+        return super().stage_loss(stage)
 
     def train(self, stages=None):
         for name in STAGES:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 import platform
 import textwrap
@@ -35,15 +34,17 @@ from .datacheck import check_data, raise_for_errors
 from .fusion import FusionConfig
 from .metrics import caption_metrics, prior_accuracy, vqa_accuracy
 from .pretrain import PretrainConfig, VLPretrainModel
+from .regions import RegionDataset, RegionModel, region_accuracy, region_collate, scene_vocab, use_conv_stem
+from .regions import vqa_ce_loss
 from .text import data_tokenizer, load_tokenizer
-from .trainer import Trainer
+from .trainer import Trainer, plot_losses, save_figure
 from .truth import caption_truth
 from .vqa import AnswerVocab, VQAModel, show_vqa_examples, vqa_loss, vqa_predictions, vqa_soft_score
 
 # %% auto #0
-__all__ = ['STAGE_LOSSES', 'pretrain_model', 'vqa_model', 'captioner_model', 'prepare_data', 'Pipeline', 'val_vqa',
-           'val_captions', 'stage_data', 'stage_model', 'train', 'trained_stages', 'load_trained', 'evaluate',
-           'load_run', 'plot_losses', 'plot_captions', 'plot_run', 'device_info', 'run_pipeline']
+__all__ = ['STAGE_LOSSES', 'pretrain_model', 'vqa_model', 'captioner_model', 'prepare_data', 'Pipeline', 'val_regions', 'val_vqa',
+           'val_captions', 'stage_data', 'stage_model', 'stage_loss', 'train', 'trained_stages', 'load_trained',
+           'evaluate', 'load_run', 'plot_captions', 'plot_run', 'device_info', 'run_pipeline']
 
 # %% ../nbs/15_pipeline.ipynb #898c36a4
 def pretrain_model(cfg: RunConfig, tok, n_answers: int):
@@ -58,6 +59,8 @@ def pretrain_model(cfg: RunConfig, tok, n_answers: int):
                                 text_depth=cfg.text_depth, text_heads=cfg.text_heads, vocab_size=len(tok),
                                 context_length=cfg.context_length, embed_dim=cfg.embed_dim,
                                 eot_token_id=tok.eos_token_id, drop_path=cfg.drop_path, pos_embed=cfg.pos_embed))
+        if cfg.stem == 'conv':   # early convolutions in place of the linear patch embedding (chapter 10c)
+            use_conv_stem(clip.visual)
     if len(tok) > clip.cfg.text.vocab_size:   # e.g. CLIP's tokenizer plus the mask token MLM needs
         if not cfg.pretrained:
             raise ValueError(f"tokenizer has {len(tok)} tokens but the text encoder only {clip.cfg.text.vocab_size}")
@@ -71,16 +74,21 @@ def pretrain_model(cfg: RunConfig, tok, n_answers: int):
     fc = FusionConfig(dim=cfg.fusion_dim, depth=cfg.fusion_depth, heads=cfg.fusion_heads, readout=cfg.fusion_readout)
     return VLPretrainModel(clip, tok, PretrainConfig(cfg.fusion, fc))
 
-def vqa_model(pre, n_answers):
-    "The VQA model of a pre-trained `VLPretrainModel`: copies of its CLIP and fusion, a fresh answer classifier."
-    return VQAModel(copy.deepcopy(pre.clip), n_answers, fusion_module=copy.deepcopy(pre.fusion))
+def vqa_model(pre, n_answers, visual=None):
+    """The VQA model of a pre-trained `VLPretrainModel`: copies of its CLIP and fusion, a fresh answer classifier; with
+    `visual` (an image tower trained after it, the `regions` stage's), a copy of that as its image tower."""
+    m = VQAModel(copy.deepcopy(pre.clip), n_answers, fusion_module=copy.deepcopy(pre.fusion))
+    if visual is not None: m.clip.visual = copy.deepcopy(visual)
+    return m
 
-def captioner_model(pre, cfg: RunConfig, tok):
-    "The captioner of a pre-trained `VLPretrainModel`: a copy of its image tower and a fresh decoder."
-    v = copy.deepcopy(pre.clip.visual)
+def captioner_model(pre, cfg: RunConfig, tok, visual=None):
+    "The captioner of a pre-trained `VLPretrainModel`: a copy of its image tower (or of `visual`) and a fresh decoder."
+    v = copy.deepcopy(pre.clip.visual if visual is None else visual)
     return Captioner(v, DecoderConfig(vocab_size=len(tok), image_dim=v.cfg.dim, dim=cfg.decoder_dim,
                                       depth=cfg.decoder_depth, heads=cfg.fusion_heads, max_len=cfg.context_length,
                                       kind=cfg.decoder))
+
+def _regions_loss(model, b): return model(b['images'], b['labels'])
 
 def _contrastive_loss(model, b):
     out = model(b['images'], b['input_ids'], b['attention_mask'])
@@ -89,14 +97,16 @@ def _contrastive_loss(model, b):
 
 def _pretrain_loss(model, b): return model(b['images'], b['input_ids'], b['attention_mask'])
 
-def _vqa_loss(model, b):
+def _vqa_loss(model, b, answer_loss=vqa_loss):
     logits = model(b['images'], b['input_ids'], b['attention_mask'], b['image_index'])
-    return {'loss': vqa_loss(logits, b['targets']), 'score': vqa_soft_score(logits.detach(), b['targets'])}
+    return {'loss': answer_loss(logits, b['targets']), 'score': vqa_soft_score(logits.detach(), b['targets'])}
+
+def _vqa_ce_loss(model, b): return _vqa_loss(model, b, vqa_ce_loss)   # `answer_loss: ce` (chapter 10c)
 
 def _caption_loss(model, b): return {'loss': model(b['images'], b['input_ids'], b['attention_mask'])}
 
-STAGE_LOSSES = {'contrastive': _contrastive_loss, 'pretrain': _pretrain_loss, 'vqa': _vqa_loss,
-                'caption': _caption_loss}
+STAGE_LOSSES = {'regions': _regions_loss, 'contrastive': _contrastive_loss, 'pretrain': _pretrain_loss,
+                'vqa': _vqa_loss, 'caption': _caption_loss}
 
 # %% ../nbs/15_pipeline.ipynb #4cfa2167
 def prepare_data(cfg: RunConfig) -> Path:
@@ -109,6 +119,9 @@ def prepare_data(cfg: RunConfig) -> Path:
         hint = ('run data_scripts/download_coco.sh and download_vqa.sh' if cfg.source == 'coco'
                 else 'source="files" expects a data root already in the COCO / VQA v2 formats')
         raise FileNotFoundError(f"{root}: no annotations/captions_{cfg.train_split}.json; {hint}")
+    scenes = root / f'scenes_{cfg.train_split}.json'   # the regions stage's labels: missing, say so before training
+    if 'regions' in cfg.stages and cfg.steps.get('regions', 0) and not scenes.is_file():
+        raise FileNotFoundError(f"{scenes}: the 'regions' stage needs ShapeScenes' scene files; drop it from stages")
     used = [cfg.train_split] + ([cfg.val_split] if cfg.eval_every else [])
     if not any(Path(cfg.out).glob('*.safetensors')):   # a run with a trained stage (`mmkt eval`, `predict`) was checked
         raise_for_errors(check_data(root, used, optional=(cfg.val_split, cfg.test_split), decode=False,
@@ -117,7 +130,7 @@ def prepare_data(cfg: RunConfig) -> Path:
 
 # %% ../nbs/15_pipeline.ipynb #92fe8ef2
 class Pipeline:
-    "Data, the four training stages, evaluation and figures for one `RunConfig`."
+    "Data, the training stages, evaluation and figures for one `RunConfig`."
     def __init__(self, cfg: RunConfig, verbose: bool = True):
         self.cfg, self.out, self.say = cfg, Path(cfg.out), (print if verbose else (lambda *a, **k: None))
         self.out.mkdir(parents=True, exist_ok=True)
@@ -131,7 +144,7 @@ class Pipeline:
             self.vocab = self._answer_vocab()
             atomic_write(self.out / 'config.yaml', config_yaml(cfg))
         self.pre = pretrain_model(cfg, self.tok, len(self.vocab))
-        self.vqa = self.captioner = None
+        self.vqa = self.captioner = self.region_tower = None
 
     def prepare_data(self) -> Path:
         return prepare_data(self.cfg)
@@ -170,6 +183,11 @@ class Pipeline:
                            max_questions=self.cfg.vqa_questions if train else 0),
                 VQACollate(self.tok, self.vocab, self.cfg.context_length))
 
+    def region_data(self, split, hflip: float = 0.0) -> RegionDataset:
+        "A split's images with per-patch object labels (chapter 10c), at the image tower's size and patch grid."
+        v = self.pre.clip.visual.cfg
+        return RegionDataset(self.data, split, v.patch_size, self.cfg.preset, hflip, image_size=v.image_size)
+
     def _caption_pairs(self):
         return (CaptionDataset(self.data, self.cfg.train_split, self.transform(True), hflip=self.cfg.hflip,
                                cache=self.cfg.cache_images),
@@ -203,9 +221,13 @@ def _stage(self, name, model, loss_fn, data):
 @method_of(Pipeline)
 def _eval_fn(self, stage):
     "Periodic validation (every `eval_every` steps, main process): VQA accuracy or caption BLEU-4 / CIDEr on val."
-    if not self.cfg.eval_every or stage not in ('vqa', 'caption'):
-        return None
-    return self.val_vqa if stage == 'vqa' else self.val_captions
+    evals = {'regions': self.val_regions, 'vqa': self.val_vqa, 'caption': self.val_captions}
+    return evals.get(stage) if self.cfg.eval_every else None
+
+@method_of(Pipeline)
+def val_regions(self, model) -> dict:
+    "Per object patch and per object accuracy of the region heads on the validation split (chapter 10c)."
+    return {f'val_{k}': v for k, v in region_accuracy(model, self.region_data(self.cfg.val_split)).items()}
 
 @method_of(Pipeline)
 def val_vqa(self, model) -> dict:
@@ -230,19 +252,31 @@ def val_captions(self, model) -> dict:
 # %% ../nbs/15_pipeline.ipynb #eaa66215
 @method_of(Pipeline)
 def stage_data(self, stage: str):
-    "(dataset, collate) a training stage reads: image-caption pairs, VQA batches or captions."
+    "(dataset, collate) a training stage reads: labelled scenes, image-caption pairs, VQA batches or captions."
+    if stage == 'regions':
+        return self.region_data(self.cfg.train_split, self.cfg.hflip), region_collate
     if stage in ('contrastive', 'pretrain'):
         return self._pairs()
     return self.vqa_data(self.cfg.train_split, True) if stage == 'vqa' else self._caption_pairs()
 
 @method_of(Pipeline)
 def stage_model(self, stage: str) -> nn.Module:
-    "The model a stage trains: CLIP, CLIP + fusion, or a VQA model / captioner made from the pre-trained weights."
+    """The model a stage trains: the image tower with region heads, CLIP, CLIP + fusion, or a VQA model / captioner
+    made from the pre-trained weights."""
+    if stage == 'regions':   # a copy: CLIP keeps its tower (retrieval), the task stages start from this one
+        self.region_tower = copy.deepcopy(self.pre.clip.visual)
+        return RegionModel(self.region_tower, scene_vocab(self.cfg.preset))
     if stage == 'contrastive':
         return self.pre.clip
     if stage == 'pretrain':
         return self.pre
-    return vqa_model(self.pre, len(self.vocab)) if stage == 'vqa' else captioner_model(self.pre, self.cfg, self.tok)
+    return (vqa_model(self.pre, len(self.vocab), self.region_tower) if stage == 'vqa'
+            else captioner_model(self.pre, self.cfg, self.tok, self.region_tower))
+
+@method_of(Pipeline)
+def stage_loss(self, stage: str):
+    "The loss function `(model, batch) -> dict` of a stage: `STAGE_LOSSES`, the VQA one as `answer_loss` says."
+    return _vqa_ce_loss if stage == 'vqa' and self.cfg.answer_loss == 'ce' else STAGE_LOSSES[stage]
 
 @method_of(Pipeline)
 def train(self, stages=None):
@@ -251,7 +285,7 @@ def train(self, stages=None):
     for name in STAGES:
         if name not in stages:
             continue
-        model = self._stage(name, self.stage_model(name), STAGE_LOSSES[name], lambda n=name: self.stage_data(n))
+        model = self._stage(name, self.stage_model(name), self.stage_loss(name), lambda n=name: self.stage_data(n))
         if name == 'vqa':
             self.vqa = model
         elif name == 'caption':
@@ -269,10 +303,9 @@ def load_trained(self):
     when their stage was not trained. A run directory without any trained stage is an error."""
     trained = self.trained_stages()
     if not trained: raise FileNotFoundError(f"{self.out}: no trained stage in this run (no {'/'.join(STAGES)} weights)")
-    for name, model in (('contrastive', self.pre.clip), ('pretrain', self.pre)):
-        if name in trained: load_weights(model, self.out / f'{name}.safetensors')
-    self.vqa = vqa_model(self.pre, len(self.vocab)) if 'vqa' in trained else None
-    self.captioner = captioner_model(self.pre, self.cfg, self.tok) if 'caption' in trained else None
+    for name in [s for s in STAGES if s in ('contrastive', 'pretrain', 'regions')]:   # each from the one before
+        if name in trained: load_weights(self.stage_model(name), self.out / f'{name}.safetensors')
+    self.vqa, self.captioner = (self.stage_model(s) if s in trained else None for s in ('vqa', 'caption'))
     for name, model in (('vqa', self.vqa), ('caption', self.captioner)):
         if model is not None: load_weights(model, self.out / f'{name}.safetensors')
     return self
@@ -361,39 +394,6 @@ def load_run(run) -> Pipeline:
     return Pipeline(load_config(run / 'config.yaml', {'out': str(run)}), verbose=False).load_trained()
 
 # %% ../nbs/15_pipeline.ipynb #24b0043d
-def _flatten(d: dict, prefix: str = '') -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict): out.update(_flatten(v, f'{prefix}{k}.'))
-        else: out[f'{prefix}{k}'] = v
-    return out
-
-# no matplotlib.use('Agg') here: pyplot falls back to it without a display, and forcing it would switch off the inline
-# figures of a notebook that calls `run_pipeline` (every figure here is saved and closed)
-
-def _save(fig, path: Path, tight: bool = True):
-    import matplotlib.pyplot as plt
-    if tight:
-        fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-def plot_losses(out: Path):
-    "`OUT/loss_curves.png`: the training loss of each stage in `OUT/metrics.jsonl`."
-    import matplotlib.pyplot as plt
-    f = Path(out) / 'metrics.jsonl'
-    rows = [json.loads(line) for line in f.read_text().splitlines() if line] if f.is_file() else []
-    stages = [s for s in STAGES if any(r['stage'] == s for r in rows)]
-    if not stages:
-        return
-    fig, axs = plt.subplots(1, len(stages), figsize=(3.6 * len(stages), 2.8), squeeze=False)
-    for ax, s in zip(axs[0], stages):
-        r = [x for x in rows if x['stage'] == s and 'loss' in x]
-        ax.plot([x['step'] for x in r], [x['loss'] for x in r], marker='.')
-        ax.set_title(f'{s} loss')
-        ax.set_xlabel('step')
-    _save(fig, Path(out) / 'loss_curves.png')
-
 def plot_captions(out: Path, pipe: Pipeline, n: int = 4):
     """`OUT/captions.png`: `n` test images, each with the model's caption and a reference; on ShapeScenes also the
     caption's CHAIR_i (the share of its object mentions that match no object of the image, chapter 09b)."""
@@ -412,7 +412,7 @@ def plot_captions(out: Path, pipe: Pipeline, n: int = 4):
         texts = ('model: ' + by_id.get(iid, '') + chair, 'ref: ' + cds.captions[iid][0])
         title = '\n'.join(textwrap.fill(t, 44) for t in texts)
         ax.set_title(title, fontsize=7)
-    _save(fig, Path(out) / 'captions.png')
+    save_figure(fig, Path(out) / 'captions.png')
 
 # %% ../nbs/15_pipeline.ipynb #20efe624
 def plot_run(out: Path, pipe: Pipeline | None = None):
@@ -424,7 +424,7 @@ def plot_run(out: Path, pipe: Pipeline | None = None):
         def raw(i):
             return torch.from_numpy(np.asarray(read_image(vds.files[vds.image_ids[i]])).copy()).permute(2, 0, 1) / 255
         fig = show_vqa_examples(pipe.vqa.cpu().eval(), vds, pipe.tok, pipe.vocab, [0, 1, 2], raw=raw)
-        _save(fig, out / 'vqa_examples.png', tight=False)   # show_vqa_examples lays out its own figure
+        save_figure(fig, out / 'vqa_examples.png', tight=False)   # show_vqa_examples lays out its own figure
     if pipe is not None and (out / f'captions_{pipe.cfg.test_split}_results.json').is_file():
         plot_captions(out, pipe)
 

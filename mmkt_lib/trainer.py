@@ -32,7 +32,7 @@ from .clip import TextTransformer
 # %% auto #0
 __all__ = ['param_groups', 'cosine_schedule', 'tower_prefixes', 'freeze', 'EpochSampler', 'freeze_unused', 'after_optimizer_step',
            'Trainer', 'checkpoint', 'trained_model', 'batches', 'train_step', 'fit', 'after_step', 'log_losses',
-           'evaluate']
+           'evaluate', 'save_figure', 'plot_losses']
 
 # %% ../nbs/14_trainer.ipynb #8d5c0af0
 _NO_DECAY = ('embed', 'cls_token', 'pos_embed', 'mask_token', 'modality', 'logit_scale')
@@ -363,3 +363,31 @@ def evaluate(self: Trainer, step: int):
     m = self.trained_model()                        # every process: under FSDP this gathers the weights
     if self.acc.is_main_process:
         self._log({'stage': self.stage, 'step': step, **self.eval_fn(m)})
+
+# %% ../nbs/14_trainer.ipynb #3d8ae0e9
+# no matplotlib.use('Agg') here: pyplot falls back to it without a display, and forcing it would switch off the inline
+# figures of a notebook that trains (every figure here is saved and closed)
+
+def save_figure(fig, path: Path, tight: bool = True):
+    "Save `fig` to `path` at 110 dpi (laid out tightly unless `tight=False`) and close it."
+    import matplotlib.pyplot as plt
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+def plot_losses(out: Path):
+    "`OUT/loss_curves.png`: the training loss of each stage in `OUT/metrics.jsonl`, in the order they were trained."
+    import matplotlib.pyplot as plt
+    f = Path(out) / 'metrics.jsonl'
+    rows = [json.loads(line) for line in f.read_text().splitlines() if line] if f.is_file() else []
+    stages = list(dict.fromkeys(r['stage'] for r in rows if 'loss' in r))
+    if not stages:
+        return
+    fig, axs = plt.subplots(1, len(stages), figsize=(3.6 * len(stages), 2.8), squeeze=False)
+    for ax, s in zip(axs[0], stages):
+        r = [x for x in rows if x['stage'] == s and 'loss' in x]
+        ax.plot([x['step'] for x in r], [x['loss'] for x in r], marker='.')
+        ax.set_title(f'{s} loss')
+        ax.set_xlabel('step')
+    save_figure(fig, Path(out) / 'loss_curves.png')
