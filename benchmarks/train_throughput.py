@@ -77,7 +77,8 @@ def main():
     ap.add_argument('--steps', type=int, default=20)
     ap.add_argument('--warmup', type=int, default=3)
     ap.add_argument('--threads', type=int, default=None, help='torch threads (default: torch decides)')
-    ap.add_argument('--stages', nargs='*', default=list(STAGES), choices=STAGES, help='the stages to time (default: all)')
+    ap.add_argument('--stages', nargs='*', default=[s for s in STAGES if s != 'regions'], choices=STAGES,
+                    help='the stages to time (default: all but regions)')
     ap.add_argument('--record', action='store_true', help='append the results to benchmarks/RESULTS.md')
     ap.add_argument('overrides', nargs='*', help='config overrides key=value, as `mmkt train` takes them')
     args = ap.parse_args()
