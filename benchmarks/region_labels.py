@@ -16,59 +16,19 @@ them. The oracle runs (`oracle_tokens.py`) measure what tokens holding exactly t
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
 
 from mmkt_lib.core import load_json
 from mmkt_lib.data import CLIP_MEAN, CLIP_STD
-from mmkt_lib.scenes import PRESETS, _shape_points
+from mmkt_lib.regions import ConvStem, flip_labels, patch_labels, scene_vocab
 from mmkt_lib.vit import load_scene_images
 
-COVER = 0.15     # a patch is an object's when the object covers at least this share of it (else background)
-
-
-def object_masks(objs: list[dict], size: int, k: int = 4) -> torch.Tensor:
-    "(len(objs), size*k, size*k) bool: each object's pixels, drawn as the renderer draws it, at k times the size."
-    out = []
-    for o in objs:
-        (x, y), r = o['pixel_coords'], o['radius']
-        im = Image.new('L', (size * k, size * k), 0)
-        pts = [(px * k, py * k) for px, py in _shape_points(o['shape'], x, y, r)]
-        d = ImageDraw.Draw(im)
-        if o['shape'] == 'circle': d.ellipse(pts, fill=1)
-        else: d.polygon(pts, fill=1)
-        out.append(torch.from_numpy(np.array(im)).bool())
-    return torch.stack(out)
-
-
-def patch_labels(scene: dict, vocab: dict, size: int, patch: int) -> torch.Tensor:
-    """(g, g, 6) long for a scene: per patch the covering object's shape, colour and size index (0 = background) and
-    its centre's x, y in patch units x 100 (0 for background), and the object's index + 1."""
-    g, k = size // patch, 4
-    objs = scene['objects']
-    m = object_masks(objs, size, k).float()                                       # (O, S*k, S*k)
-    cover = F.avg_pool2d(m[:, None], patch * k)[:, 0]                             # (O, g, g) share of each patch
-    best, who = cover.max(0)                                                      # (g, g)
-    lab = torch.zeros(g, g, 6, dtype=torch.long)
-    for i, o in enumerate(objs):
-        sel = (who == i) & (best >= COVER)
-        lab[sel, 0] = vocab['shape'].index(o['shape']) + 1
-        lab[sel, 1] = vocab['color'].index(o['color']) + 1
-        lab[sel, 2] = vocab['size'].index(o['size']) + 1
-        lab[sel, 3] = round(100 * o['pixel_coords'][0] / patch)
-        lab[sel, 4] = round(100 * o['pixel_coords'][1] / patch)
-        lab[sel, 5] = i + 1
-    return lab
-
-
-class RegionHeads(nn.Module):
+class RegionHeads(nn.Module):   # the offset-only heads RESULTS measured (the library's add the centre in the image)
     "Linear heads on each patch token: shape, colour, size (each with a background class) and the centre offset."
     def __init__(self, dim: int, vocab: dict):
         super().__init__()
@@ -90,14 +50,6 @@ def region_loss(heads_out, lab, grid_xy):
     return ce + l1, logits
 
 
-def flip(images, lab, g):
-    "Mirror images and their label grids left-right (the centre's x mirrored too)."
-    lab = lab.flip(2).clone()
-    obj = lab[..., 0] > 0
-    lab[..., 3] = torch.where(obj, g * 100 - lab[..., 3], 0)
-    return images.flip(-1), lab
-
-
 def train(args, overrides):
     from mmkt_lib.config import load_config
     from mmkt_lib.pipeline import Pipeline, vqa_model
@@ -107,12 +59,9 @@ def train(args, overrides):
                                     f'out={args.out}', *overrides])
     p = Pipeline(cfg, verbose=False)
     tower = vqa_model(p.pre, len(p.vocab)).clip.visual
-    if args.stem == 'conv':   # sample_efficiency.py's convolutional stem (three 3x3 stride-2 convolutions)
-        sys.path.insert(0, str(Path(__file__).parent))
-        from sample_efficiency import ConvStem
+    if args.stem == 'conv':   # chapter 10c's convolutional stem (three 3x3 stride-2 convolutions for patch 8)
         tower.patch_embed = ConvStem(tower.cfg.dim, tower.cfg.patch_size)
-    pc = PRESETS[cfg.preset]
-    vocab = {'shape': list(pc.shapes), 'color': list(pc.colors), 'size': list(pc.sizes)}
+    vocab = scene_vocab(cfg.preset)
     size, patch = cfg.image_size, cfg.patch_size
     g = size // patch
     data = {}
@@ -172,7 +121,7 @@ def train(args, overrides):
             x, y = imgs[idx], lab[idx]
             m = torch.rand(len(idx)) < cfg.hflip
             if m.any():
-                fx, fy = flip(x[m], y[m], g)
+                fx, fy = x[m].flip(-1), flip_labels(y[m])
                 x, y = x.clone(), y.clone()
                 x[m], y[m] = fx, fy
             loss, _ = region_loss(heads(tokens(norm(x))), y, grid_xy)
